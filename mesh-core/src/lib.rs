@@ -1,0 +1,1 @@
+//! Identity, CA and trust primitives for the mesh.
