@@ -5,7 +5,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod clock;
 pub mod id;
+pub mod key;
 
+pub use bundle::{Bundle, BundleSet, JwtAuthority};
 pub use id::{IdError, SpiffeId, TrustDomain};
+pub use key::{KeyPair, KeyType};
