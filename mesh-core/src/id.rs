@@ -386,7 +386,8 @@ mod tests {
     #[test]
     fn each_rule_is_enforced_with_its_own_error() {
         use IdError as E;
-        let cases: &[(&str, fn(&IdError) -> bool)] = &[
+        type Check = fn(&IdError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, E::Empty)),
             ("http://example.org/a", |e| matches!(e, E::WrongScheme(_))),
             ("SPIFFE://example.org/a", |e| matches!(e, E::WrongScheme(_))),
