@@ -1,0 +1,459 @@
+//! The provider trait: what the server asks of whoever decides identities.
+//!
+//! The server authenticates nothing itself. For every call it hands the provider a [`Caller`]
+//! (the peer credentials of the Unix socket connection) and turns what the provider returns into
+//! Workload API messages. [`ProviderError`] is mapped to a gRPC status in exactly one place, its
+//! `From<ProviderError> for tonic::Status` impl.
+
+use std::{
+    collections::BTreeMap,
+    fmt, io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    sync::Arc,
+};
+
+use futures::stream::BoxStream;
+
+/// A stream of complete snapshots produced by a [`Provider`].
+///
+/// Every item replaces the previous one entirely. An `Err` item ends the stream with that
+/// error's status; the end of the stream (`None`) ends it with `Unavailable`, never with OK.
+pub type ProviderStream<T> = BoxStream<'static, Result<T, ProviderError>>;
+
+/// The process at the other end of a Workload API connection.
+///
+/// Taken from `SO_PEERCRED` of the accepted Unix socket, plus a pidfd opened right after
+/// `accept`, so that the provider can tell whether the process it attested is still the one that
+/// connected even if the pid has been reused since.
+///
+/// # Limitations
+///
+/// - `SO_PEERCRED` records the process that called `connect`. A process that inherits or
+///   receives the connected socket afterwards is not seen; it is served the identity of the
+///   original caller.
+/// - The pidfd is opened after `accept`, not atomically with `connect`. If the caller exits and
+///   its pid is reused by another process in between (a window of microseconds, and a recycled
+///   pid space is needed), the pidfd refers to the new process. Attestation then describes the
+///   wrong process. [`Caller::ensure_alive`] cannot detect this case, only a later exit.
+/// - Without pidfd support (Linux before 5.3, or a seccomp filter denying `pidfd_open`),
+///   [`Caller::ensure_alive`] falls back to `kill(pid, 0)`, which does not detect pid reuse.
+/// - A peer in another pid namespace whose pid cannot be mapped into ours is reported with
+///   pid 0 and no pidfd; [`Caller::ensure_alive`] then always fails.
+#[derive(Clone)]
+pub struct Caller {
+    pid: i32,
+    uid: u32,
+    gid: u32,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Caller {
+    /// Builds a caller from known credentials, for tests and for providers that obtain
+    /// credentials another way.
+    pub fn new(pid: i32, uid: u32, gid: u32, pidfd: Option<OwnedFd>) -> Self {
+        Self {
+            pid,
+            uid,
+            gid,
+            pidfd: pidfd.map(Arc::new),
+        }
+    }
+
+    /// Reads the peer credentials of an accepted Unix stream and opens a pidfd for its pid.
+    ///
+    /// Failing to open the pidfd (process already gone, no kernel support) is not an error:
+    /// the caller then has no pidfd.
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of `getsockopt(SO_PEERCRED)`.
+    pub fn from_unix_stream(stream: &tokio::net::UnixStream) -> io::Result<Self> {
+        let cred = stream.peer_cred()?;
+        let pid = cred.pid().unwrap_or(0);
+        let pidfd = if pid > 0 {
+            match pidfd_open(pid) {
+                Ok(fd) => Some(fd),
+                Err(error) => {
+                    tracing::debug!(pid, %error, "cannot open pidfd for caller");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Self::new(pid, cred.uid(), cred.gid(), pidfd))
+    }
+
+    /// The process id of the caller, as seen in the server's pid namespace; 0 when unknown.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The effective user id of the caller at `connect` time.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The effective group id of the caller at `connect` time.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+
+    /// The pidfd opened at accept time, if any.
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_deref().map(AsFd::as_fd)
+    }
+
+    /// Checks that the process that connected still exists.
+    ///
+    /// With a pidfd the answer is exact: once the process has exited this fails, even if its
+    /// pid now belongs to another process. Call it after attestation (reading `/proc/<pid>`)
+    /// so that what was read is known to describe the caller.
+    ///
+    /// # Errors
+    ///
+    /// [`ProviderError::AttestationFailed`] when the process has exited, when its pid is
+    /// unknown, or when the check itself fails.
+    pub fn ensure_alive(&self) -> Result<(), ProviderError> {
+        match &self.pidfd {
+            Some(fd) => match pidfd_has_exited(fd) {
+                Ok(false) => Ok(()),
+                Ok(true) => Err(ProviderError::AttestationFailed(format!(
+                    "caller process {} has exited",
+                    self.pid
+                ))),
+                Err(error) => Err(ProviderError::AttestationFailed(format!(
+                    "cannot poll pidfd of caller process {}: {error}",
+                    self.pid
+                ))),
+            },
+            None if self.pid > 0 => signal_zero(self.pid).map_err(|error| {
+                ProviderError::AttestationFailed(format!(
+                    "caller process {} is not alive: {error}",
+                    self.pid
+                ))
+            }),
+            None => Err(ProviderError::AttestationFailed(
+                "caller pid is unknown".to_owned(),
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller")
+            .field("pid", &self.pid)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("pidfd", &self.pidfd.as_ref().map(|fd| fd.as_raw_fd()))
+            .finish()
+    }
+}
+
+/// One X509-SVID with its trust domain's bundle, as sent in `FetchX509SVID`.
+///
+/// See the SPIFFE X509-SVID standard and the Workload API standard, `X509SVID` message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct X509Svid {
+    /// The SPIFFE ID; must string-equal the URI SAN of the leaf.
+    pub spiffe_id: String,
+    /// Concatenated DER certificates, leaf first.
+    pub cert_chain: Vec<u8>,
+    /// Unencrypted PKCS#8 DER private key. `Debug` redacts it.
+    pub private_key: Vec<u8>,
+    /// Concatenated DER CA certificates of the SVID's trust domain; must not be empty.
+    pub bundle: Vec<u8>,
+    /// Operator-chosen label, unique within a response, at most 1024 bytes; may be empty.
+    pub hint: String,
+}
+
+impl fmt::Debug for X509Svid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("X509Svid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("cert_chain_len", &self.cert_chain.len())
+            .field("private_key", &"<redacted>")
+            .field("bundle_len", &self.bundle.len())
+            .field("hint", &self.hint)
+            .finish()
+    }
+}
+
+/// The complete X.509 state of a caller: every SVID it holds and the bundles of federated
+/// trust domains.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct X509Context {
+    /// The caller's SVIDs; the first is the default identity. An empty list is sent as
+    /// `PermissionDenied` ("no identity issued").
+    pub svids: Vec<X509Svid>,
+    /// Concatenated DER CA certificates keyed by `spiffe://<trust domain>`. Entries with empty
+    /// values are left out of the response.
+    pub federated_bundles: BTreeMap<String, Vec<u8>>,
+}
+
+/// The X.509 bundles a caller trusts, sent in `FetchX509Bundles`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct X509Bundles {
+    /// Concatenated DER CA certificates keyed by `spiffe://<trust domain>`; must include the
+    /// caller's own trust domain. Entries with empty values are left out.
+    pub bundles: BTreeMap<String, Vec<u8>>,
+}
+
+/// The JWT bundles a caller trusts, sent in `FetchJWTBundles`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JwtBundles {
+    /// JWKS JSON documents keyed by `spiffe://<trust domain>`; must include the caller's own
+    /// trust domain. Entries with empty values are left out.
+    pub bundles: BTreeMap<String, Vec<u8>>,
+}
+
+/// One minted JWT-SVID.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtSvid {
+    /// The SPIFFE ID in the token's `sub`.
+    pub spiffe_id: String,
+    /// The JWS compact serialization. `Debug` redacts it.
+    pub token: String,
+    /// Operator-chosen label; may be empty.
+    pub hint: String,
+}
+
+impl fmt::Debug for JwtSvid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("token", &"<redacted>")
+            .field("hint", &self.hint)
+            .finish()
+    }
+}
+
+/// The outcome of a successful `ValidateJWTSVID`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedJwt {
+    /// The SPIFFE ID in the token's `sub`.
+    pub spiffe_id: String,
+    /// Every claim of the token. Must contain `sub` (string), `aud` (string or list of
+    /// strings; sent as a list) and `exp` (number).
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why a provider could not answer. Each variant maps to one gRPC status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The caller was attested but has no identity. Sent as `PermissionDenied` with the message
+    /// "no identity issued", which clients recognise.
+    #[error("no identity issued")]
+    NoIdentity,
+    /// The caller could not be attested; the client should retry. Sent as `Unavailable`.
+    #[error("attestation failed: {0}")]
+    AttestationFailed(String),
+    /// The request is invalid and must not be retried as is. Sent as `InvalidArgument`.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The caller may not have what it asked for. Sent as `PermissionDenied`.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The provider cannot answer now; the client should retry. Sent as `Unavailable`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or unexpected failure in the provider. Sent as `Internal`.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ProviderError> for tonic::Status {
+    fn from(error: ProviderError) -> Self {
+        let message = error.to_string();
+        match error {
+            ProviderError::NoIdentity | ProviderError::PermissionDenied(_) => {
+                tonic::Status::permission_denied(message)
+            }
+            ProviderError::AttestationFailed(_) | ProviderError::Unavailable(_) => {
+                tonic::Status::unavailable(message)
+            }
+            ProviderError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            ProviderError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+/// Decides the identities of callers. The server calls it once per RPC with the caller's
+/// credentials.
+///
+/// Streams must yield their first item promptly (the server sends it as the first message)
+/// and then a new complete snapshot whenever anything changes.
+#[tonic::async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Streams the caller's X509-SVIDs and federated bundles (`FetchX509SVID`).
+    ///
+    /// # Errors
+    ///
+    /// Any [`ProviderError`]; [`ProviderError::NoIdentity`] when the caller has no identity.
+    async fn watch_x509_context(
+        &self,
+        caller: &Caller,
+    ) -> Result<ProviderStream<X509Context>, ProviderError>;
+
+    /// Streams the X.509 bundles the caller trusts (`FetchX509Bundles`).
+    ///
+    /// # Errors
+    ///
+    /// Any [`ProviderError`].
+    async fn watch_x509_bundles(
+        &self,
+        caller: &Caller,
+    ) -> Result<ProviderStream<X509Bundles>, ProviderError>;
+
+    /// Streams the JWT bundles the caller trusts (`FetchJWTBundles`).
+    ///
+    /// # Errors
+    ///
+    /// Any [`ProviderError`].
+    async fn watch_jwt_bundles(
+        &self,
+        caller: &Caller,
+    ) -> Result<ProviderStream<JwtBundles>, ProviderError>;
+
+    /// Mints JWT-SVIDs carrying every audience in `audience` (never empty; the server checks).
+    /// `spiffe_id` of `None` asks for every identity of the caller.
+    ///
+    /// # Errors
+    ///
+    /// [`ProviderError::PermissionDenied`] when the caller may not have `spiffe_id`;
+    /// [`ProviderError::NoIdentity`] when it has none; any other [`ProviderError`].
+    async fn fetch_jwt_svids(
+        &self,
+        caller: &Caller,
+        audience: Vec<String>,
+        spiffe_id: Option<String>,
+    ) -> Result<Vec<JwtSvid>, ProviderError>;
+
+    /// Validates `token` for `audience` (both non-empty; the server checks).
+    ///
+    /// # Errors
+    ///
+    /// [`ProviderError::InvalidArgument`] when the token is invalid; any other
+    /// [`ProviderError`].
+    async fn validate_jwt_svid(
+        &self,
+        caller: &Caller,
+        audience: &str,
+        token: &str,
+    ) -> Result<ValidatedJwt, ProviderError>;
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and a flags word by value and touches no memory of ours;
+    // an invalid pid only produces an error return.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = i32::try_from(ret).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the syscall succeeded, so `raw` is a new open file descriptor that nothing else
+    // owns; OwnedFd takes sole ownership and closes it on drop.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A pidfd becomes readable once its process has exited (even as a zombie).
+fn pidfd_has_exited(fd: &OwnedFd) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pollfd` is a valid, exclusively borrowed array of one element that outlives
+        // the call, `nfds` is 1 to match, and the timeout of 0 makes the call non-blocking.
+        let ret = unsafe { libc::poll(&mut pollfd, 1, 0) };
+        if ret < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        return Ok(ret > 0 && pollfd.revents & (libc::POLLIN | libc::POLLHUP) != 0);
+    }
+}
+
+fn signal_zero(pid: i32) -> io::Result<()> {
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
+    let ret = unsafe { libc::kill(pid, 0) };
+    if ret == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    // EPERM: the process exists but belongs to someone else.
+    if error.raw_os_error() == Some(libc::EPERM) {
+        return Ok(());
+    }
+    Err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_identity_maps_to_permission_denied_with_standard_wording() {
+        let status = tonic::Status::from(ProviderError::NoIdentity);
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(status.message(), "no identity issued");
+    }
+
+    #[test]
+    fn attestation_failure_maps_to_unavailable() {
+        let status = tonic::Status::from(ProviderError::AttestationFailed("gone".into()));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("gone"));
+    }
+
+    #[test]
+    fn debug_of_secrets_redacts() {
+        let svid = X509Svid {
+            spiffe_id: "spiffe://example.org/a".into(),
+            cert_chain: vec![1],
+            private_key: b"SECRETKEY".to_vec(),
+            bundle: vec![2],
+            hint: String::new(),
+        };
+        assert!(!format!("{svid:?}").contains("83, 69"));
+        assert!(format!("{svid:?}").contains("redacted"));
+        let jwt = JwtSvid {
+            spiffe_id: "spiffe://example.org/a".into(),
+            token: "eyJsecret".into(),
+            hint: String::new(),
+        };
+        assert!(!format!("{jwt:?}").contains("eyJsecret"));
+    }
+
+    #[test]
+    fn ensure_alive_succeeds_for_own_process_and_fails_after_child_exit() {
+        let me = std::process::id() as i32;
+        let caller = Caller::new(me, 0, 0, Some(pidfd_open(me).unwrap()));
+        caller.ensure_alive().unwrap();
+
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let caller = Caller::new(pid, 0, 0, Some(pidfd_open(pid).unwrap()));
+        // Exited but not reaped yet (a zombie): the pidfd already reports it.
+        while !pidfd_has_exited(caller.pidfd.as_ref().unwrap()).unwrap() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(matches!(
+            caller.ensure_alive(),
+            Err(ProviderError::AttestationFailed(_))
+        ));
+        child.wait().unwrap();
+        assert!(caller.ensure_alive().is_err());
+    }
+
+    #[test]
+    fn ensure_alive_fails_for_unknown_pid() {
+        assert!(Caller::new(0, 0, 0, None).ensure_alive().is_err());
+    }
+}
