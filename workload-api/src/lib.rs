@@ -7,6 +7,7 @@
 //! messages, status codes clients rely on) and accepts the `:authority` that Java and gRPC-core
 //! clients send over Unix sockets.
 
+pub mod authority;
 pub mod proto;
 pub mod provider;
 
