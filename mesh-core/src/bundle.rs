@@ -9,6 +9,11 @@ use rustls_pki_types::CertificateDer;
 
 use crate::id::TrustDomain;
 
+mod document;
+mod jwk;
+
+pub use document::{BundleDocumentError, KeyRef, Strictness};
+
 /// A public key that validates JWT-SVIDs, named by its key ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtAuthority {

@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod clock;
 pub mod id;
+pub mod jwt;
 pub mod key;
 
 pub use bundle::{Bundle, BundleSet, JwtAuthority};
