@@ -1,0 +1,8 @@
+//! The per-node agent: attests callers, maps them to registration entries, and serves their
+//! identities. This library holds the parts the `mesh-agent` binary is made of.
+
+pub mod attest;
+pub mod config;
+pub mod logging;
+pub mod registration;
+pub mod selector;
