@@ -8,10 +8,13 @@
 //! clients send over Unix sockets.
 
 pub mod authority;
+pub mod header;
 pub mod proto;
 pub mod provider;
+pub mod server;
 
 pub use provider::{
-    Caller, JwtBundles, JwtSvid, Provider, ProviderError, ValidatedJwt, X509Bundles, X509Context,
-    X509Svid,
+    Caller, JwtBundles, JwtSvid, Provider, ProviderError, ProviderStream, ValidatedJwt,
+    X509Bundles, X509Context, X509Svid,
 };
+pub use server::{serve_unix, ServeError, WorkloadApiServer};
