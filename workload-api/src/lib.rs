@@ -8,11 +8,15 @@
 //! clients send over Unix sockets.
 
 pub mod authority;
+pub mod client;
+pub mod endpoint;
 pub mod header;
 pub mod proto;
 pub mod provider;
 pub mod server;
 
+pub use client::{ClientError, WorkloadApiClient};
+pub use endpoint::{Endpoint, EndpointError};
 pub use provider::{
     Caller, JwtBundles, JwtSvid, Provider, ProviderError, ProviderStream, ValidatedJwt,
     X509Bundles, X509Context, X509Svid,
