@@ -5,4 +5,5 @@ pub mod attest;
 pub mod config;
 pub mod logging;
 pub mod registration;
+pub mod reload;
 pub mod selector;
