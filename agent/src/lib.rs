@@ -1,9 +1,11 @@
 //! The per-node agent: attests callers, maps them to registration entries, and serves their
 //! identities. This library holds the parts the `mesh-agent` binary is made of.
 
+pub mod admin;
 pub mod attest;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod registration;
 pub mod reload;
 pub mod selector;
