@@ -6,10 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod ca;
 pub mod clock;
+pub mod fs;
 pub mod id;
 pub mod jwt;
 pub mod key;
+pub mod x509;
 
 pub use bundle::{Bundle, BundleSet, JwtAuthority};
 pub use id::{IdError, SpiffeId, TrustDomain};
