@@ -233,6 +233,8 @@ class Harness:
             f'socket_path = "{sock}"',
             f'data_dir = "{base / "data"}"',
             f'svid_ttl = "{self.ttl}"',
+            # Two agents run at once: each needs its own health/metrics port.
+            f'admin_addr = "127.0.0.1:{free_port()}"',
         ]
         for spiffe_id, uid in entries:
             lines += ["", "[[entries]]", f'spiffe_id = "{spiffe_id}"', f'selectors = ["unix:uid:{uid}"]']
