@@ -615,8 +615,8 @@ impl fmt::Debug for X509Issuer {
 ///
 /// # Errors
 ///
-/// Returns [`CaError::BadCsr`] if the input is not a CSR, [`CaError::CsrSignature`] if its
-/// signature does not verify.
+/// Returns [`CaError::BadCsr`] if the input is not a CSR, [`CaError::UnsupportedPublicKey`]
+/// for a key an SVID cannot have, [`CaError::CsrSignature`] if its signature does not verify.
 pub fn csr_public_key(csr: &[u8]) -> Result<Vec<u8>, CaError> {
     if csr.len() > MAX_CSR_LEN {
         return Err(CaError::BadCsr(format!(
@@ -643,10 +643,13 @@ pub fn csr_public_key(csr: &[u8]) -> Result<Vec<u8>, CaError> {
     if !rest.is_empty() {
         return Err(CaError::BadCsr("trailing bytes after the CSR".to_owned()));
     }
+    // Refuse an unsupported key by name before its signature, which aws-lc may not check.
+    let spki = request.certification_request_info.subject_pki.raw;
+    LeafPublicKey::from_spki_der(spki)?;
     request
         .verify_signature()
         .map_err(|_| CaError::CsrSignature)?;
-    Ok(request.certification_request_info.subject_pki.raw.to_vec())
+    Ok(spki.to_vec())
 }
 
 /// A leaf's public key, with what rcgen needs to write it.
