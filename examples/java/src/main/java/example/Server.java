@@ -111,6 +111,11 @@ public final class Server {
                 return;
             }
             String token = auth.substring("Bearer ".length()).trim();
+            JwtBundleSet jwtBundles = bundles.current();
+            if (jwtBundles == null) {
+                send(ex, 503, "{\"error\":\"no jwt bundles from the workload api yet\"}\n");
+                return;
+            }
             String byAgent;
             String locally;
             try {
@@ -123,7 +128,7 @@ public final class Server {
             JwtSvid svid;
             try {
                 // 2. Check it here too, against the JWT bundles of the Workload API.
-                svid = JwtSvid.parseAndValidate(token, bundles.current(), Set.of(audience));
+                svid = JwtSvid.parseAndValidate(token, jwtBundles, Set.of(audience));
                 locally = svid.getSpiffeId().toString();
             } catch (Exception e) {
                 send(ex, 401, "{\"error\":" + Spiffe.q("local validation failed: " + e.getMessage()) + "}\n");
@@ -161,12 +166,14 @@ public final class Server {
         }
     }
 
-    /** The JWT bundles of every trust domain, kept current by a Workload API watch. */
+    /**
+     * The JWT bundles of every trust domain, kept current by a Workload API watch.
+     * Start-up does not wait for them: until the first update, /jwt answers 503.
+     */
     static final class JwtBundles {
         private final AtomicReference<JwtBundleSet> current = new AtomicReference<>();
 
-        JwtBundles(WorkloadApiClient client) throws Exception {
-            current.set(client.fetchJwtBundles());
+        JwtBundles(WorkloadApiClient client) {
             client.watchJwtBundles(new io.spiffe.workloadapi.Watcher<>() {
                 @Override
                 public void onUpdate(JwtBundleSet update) {
@@ -180,6 +187,7 @@ public final class Server {
             });
         }
 
+        /** The newest bundle set, or null before the first one arrived. */
         JwtBundleSet current() {
             return current.get();
         }
