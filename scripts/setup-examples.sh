@@ -32,7 +32,12 @@ want=$(fingerprint "$ex/java/pom.xml" "$ex/java/src")
 stamp="$cache/examples/java.stamp"
 if ! fresh "$stamp" "$want" || [ ! -f "$ex/java/target/spiffe-example.jar" ]; then
   say "java: mvn package (Maven Central, repo $cache/m2)"
-  (cd "$ex/java" && mvn -B -q -Dstyle.color=never -Dmaven.repo.local="$cache/m2" package)
+  log="$cache/examples/java-build.log"
+  if ! (cd "$ex/java" && mvn -B -Dmaven.repo.local="$cache/m2" package) > "$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    say "java: build failed, full log in $log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 
@@ -41,7 +46,7 @@ want=$(fingerprint "$ex/node/package.json" "$ex/node/package-lock.json")
 stamp="$cache/examples/node.stamp"
 if ! fresh "$stamp" "$want" || [ ! -d "$ex/node/node_modules/@grpc/grpc-js" ]; then
   say "node: npm ci (cache $cache/npm)"
-  (cd "$ex/node" && npm ci --cache "$cache/npm" --prefer-offline --no-audit --no-fund --loglevel=error)
+  (cd "$ex/node" && npm ci --cache "$cache/npm" --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null)
   echo "$want" > "$stamp"
 fi
 
