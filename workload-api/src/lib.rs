@@ -7,6 +7,8 @@
 //! messages, status codes clients rely on) and accepts the `:authority` that Java and gRPC-core
 //! clients send over Unix sockets.
 
+#![warn(missing_docs)]
+
 pub mod authority;
 pub mod client;
 pub mod endpoint;
