@@ -75,7 +75,7 @@ fn verifies(svid: &X509Svid, ca: &Ca, at: SystemTime) -> Result<(), VerifyError>
 }
 
 fn signed_by(svid: &X509Svid, root: &CertificateDer<'static>, at: SystemTime) -> bool {
-    verify_x509_svid(svid.chain(), &bundle_set(&td(), &[root.clone()]), at).is_ok()
+    verify_x509_svid(svid.chain(), &bundle_set(&td(), std::slice::from_ref(root)), at).is_ok()
 }
 
 #[test]
