@@ -33,6 +33,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const FRAME_HEADER_LEN: usize = 9;
 const FRAME_HEADERS: u8 = 0x1;
+const FRAME_PING: u8 = 0x6;
 const FRAME_CONTINUATION: u8 = 0x9;
 const FLAG_END_STREAM: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
@@ -73,8 +74,10 @@ impl Default for Limits {
 
 /// Wraps an accepted connection and normalizes the `:authority` of incoming HTTP/2 requests.
 ///
-/// See the module documentation. Reads return an [`io::ErrorKind::InvalidData`] error when the
-/// client breaks HTTP/2 framing or HPACK, which closes the connection.
+/// See the module documentation. When the client breaks HTTP/2 framing or HPACK (or exceeds
+/// [`Limits`]), the adapter hands h2 a frame sequence that h2 itself rejects as a connection
+/// error (a header block interrupted by a PING), so the client receives a GOAWAY with
+/// `PROTOCOL_ERROR`; after it, reads report end of file.
 #[derive(Debug)]
 pub struct AuthorityRewriter<T> {
     inner: T,
@@ -149,9 +152,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityRewriter<T> {
                 this.eof = true;
                 continue;
             }
-            this.rewriter
-                .push(filled, &mut this.ready)
-                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            if let Err(error) = this.rewriter.push(filled, &mut this.ready) {
+                tracing::debug!(%error, "closing http/2 connection the adapter cannot follow");
+                write_connection_error(&mut this.ready);
+                this.eof = true;
+            }
         }
     }
 }
@@ -527,6 +532,14 @@ fn write_header_frames(out: &mut BytesMut, block: &PendingBlock, encoded: &[u8])
         write_frame_header(out, chunk.len(), FRAME_CONTINUATION, flags, block.stream_id);
         out.extend_from_slice(chunk);
     }
+}
+
+/// Frames that make h2 fail the connection with `PROTOCOL_ERROR` and send GOAWAY: a header
+/// block left open and then interrupted by another frame (RFC 9113, section 6.10).
+fn write_connection_error(out: &mut BytesMut) {
+    write_frame_header(out, 0, FRAME_HEADERS, 0, 1);
+    write_frame_header(out, 8, FRAME_PING, 0, 0);
+    out.put_u64(0);
 }
 
 fn write_frame_header(out: &mut BytesMut, len: usize, frame_type: u8, flags: u8, stream_id: u32) {
@@ -934,6 +947,24 @@ mod tests {
         let mut reply = [0u8; 5];
         client_read.read_exact(&mut reply).await.unwrap();
         assert_eq!(&reply, b"reply");
+    }
+
+    #[tokio::test]
+    async fn adapter_turns_broken_hpack_into_frames_h2_rejects_then_eof() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = AuthorityRewriter::new(server);
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &[0x80]));
+        client.write_all(&input).await.unwrap();
+
+        let mut out = Vec::new();
+        server.read_to_end(&mut out).await.unwrap();
+        let mut expected = PREFACE.to_vec();
+        expected.extend(frame(FRAME_HEADERS, 0, 1, &[]));
+        expected.extend(frame(FRAME_PING, 0, 0, &[0; 8]));
+        assert_eq!(out, expected);
     }
 
     proptest! {

@@ -504,10 +504,8 @@ impl RawClient {
                         outcomes.insert(sid, Outcome::Reset(code));
                     }
                     0x4 if flags & 0x1 == 0 => {
-                        self.stream
-                            .write_all(&frame(0x4, 0x1, 0, &[]))
-                            .await
-                            .unwrap();
+                        // The server may already have closed after a GOAWAY.
+                        let _ = self.stream.write_all(&frame(0x4, 0x1, 0, &[])).await;
                     }
                     0x7 => {
                         let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
@@ -625,6 +623,16 @@ async fn socket_path_authority_is_reset_by_plain_tonic() {
         "h2 resets with PROTOCOL_ERROR"
     );
     plain.abort();
+}
+
+#[tokio::test]
+async fn broken_hpack_gets_goaway_protocol_error() {
+    let server = Running::start(FakeProvider::new(true)).await;
+    let mut raw = RawClient::connect(&server.path).await;
+    // Indexed field 0 does not exist (RFC 7541, section 6.1).
+    raw.send(1, &[0x80], &jwt_request()).await;
+    let outcomes = raw.outcomes(&[1]).await;
+    assert_eq!(outcomes[&1], Outcome::GoAway(1));
 }
 
 #[tokio::test]
