@@ -93,7 +93,7 @@ pub enum AttestError {
 }
 
 /// What was learned about a process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Attestation {
     /// The pid.
     pub pid: u32,

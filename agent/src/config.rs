@@ -86,6 +86,9 @@ pub struct Config {
     /// template in force (see the module documentation).
     #[serde(skip)]
     pub entries: Option<Vec<Entry>>,
+    /// The 1-based line in the file where each entry starts, in the order of `entries`.
+    #[serde(skip)]
+    pub entry_lines: Vec<usize>,
     /// The file this configuration was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -314,6 +317,88 @@ impl Overrides {
         } else {
             Origin::Env(setting.env_var())
         }
+    }
+}
+
+/// Command-line flags for every setting, plus `--config`; flatten it into a clap command.
+///
+/// Each flag is named after its setting (`--trust-domain` for `trust_domain`) and takes the
+/// same text the file does; values are checked when the configuration is loaded, so a bad
+/// flag is reported like any other problem.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// Config file (TOML). Without one, defaults apply and every local user N gets
+    /// spiffe://<trust domain>/unix/uid/N.
+    #[arg(long, env = "MESH_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Trust domain, e.g. example.org.
+    #[arg(long, value_name = "NAME")]
+    pub trust_domain: Option<String>,
+    /// Workload API socket path (absolute).
+    #[arg(long, value_name = "PATH")]
+    pub socket_path: Option<String>,
+    /// Directory for the CA's state.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// Address of the health and metrics server, e.g. 127.0.0.1:8088.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_addr: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log level or filter, e.g. info or mesh_agent=debug,warn.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// X509-SVID lifetime, e.g. 1h.
+    #[arg(long, value_name = "DURATION")]
+    pub svid_ttl: Option<String>,
+    /// JWT-SVID lifetime, e.g. 5m.
+    #[arg(long, value_name = "DURATION")]
+    pub jwt_ttl: Option<String>,
+    /// CA certificate lifetime, e.g. 24h.
+    #[arg(long, value_name = "DURATION")]
+    pub ca_ttl: Option<String>,
+    /// Key type: ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096.
+    #[arg(long, value_name = "TYPE")]
+    pub key_type: Option<String>,
+    /// PEM certificate of an upstream CA to sign with.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<String>,
+    /// PEM private key of the upstream CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_key: Option<String>,
+    /// PEM chain from the upstream CA's issuer up to the root.
+    #[arg(long, value_name = "FILE")]
+    pub ca_chain: Option<String>,
+    /// Largest executable hashed for unix:sha256 selectors, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_exe_hash_bytes: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The flags as overrides.
+    pub fn overrides(&self) -> Overrides {
+        let mut o = Overrides::flags();
+        o.set(Setting::TrustDomain, self.trust_domain.clone())
+            .set(Setting::SocketPath, self.socket_path.clone())
+            .set(Setting::DataDir, self.data_dir.clone())
+            .set(Setting::AdminAddr, self.admin_addr.clone())
+            .set(Setting::LogFormat, self.log_format.clone())
+            .set(Setting::LogLevel, self.log_level.clone())
+            .set(Setting::SvidTtl, self.svid_ttl.clone())
+            .set(Setting::JwtTtl, self.jwt_ttl.clone())
+            .set(Setting::CaTtl, self.ca_ttl.clone())
+            .set(Setting::KeyType, self.key_type.clone())
+            .set(Setting::CaCert, self.ca_cert.clone())
+            .set(Setting::CaKey, self.ca_key.clone())
+            .set(Setting::CaChain, self.ca_chain.clone())
+            .set(Setting::MaxExeHashBytes, self.max_exe_hash_bytes.clone());
+        o
+    }
+
+    /// A loader for the file, the process environment and these flags.
+    pub fn loader(&self) -> ConfigLoader {
+        ConfigLoader::new(self.config.clone(), self.overrides())
     }
 }
 
@@ -607,6 +692,13 @@ impl ConfigLoader {
             max_exe_hash_bytes: max_exe_hash_bytes
                 .flatten()
                 .unwrap_or(DEFAULT_MAX_EXE_HASH_BYTES),
+            entry_lines: match (&raw.entries, file) {
+                (Some(list), Some(f)) => list
+                    .iter()
+                    .map(|e| line_column(f.text, e.span().start).0)
+                    .collect(),
+                _ => Vec::new(),
+            },
             entries,
             source: self.path.clone(),
         })
@@ -1325,6 +1417,37 @@ ttl = "48h"
         let entries = c.entries.as_ref().unwrap();
         assert!(entries.len() >= 3, "{entries:?}");
         assert_eq!(c.trust_domain.name(), "example.org");
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_that_overrides_it() {
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: ConfigArgs,
+        }
+
+        let mut argv = vec!["prog".to_owned()];
+        for s in Setting::ALL {
+            argv.push(s.flag());
+            argv.push(format!("value-of-{}", s.key()));
+        }
+        let cli = Cli::try_parse_from(&argv).unwrap();
+        let o = cli.config.overrides();
+        for s in Setting::ALL {
+            assert_eq!(
+                o.get(s),
+                Some(format!("value-of-{}", s.key()).as_str()),
+                "{s:?}"
+            );
+        }
+
+        let cli = Cli::try_parse_from(["prog", "--trust-domain", "flag.org"]).unwrap();
+        let mut l = cli.config.loader();
+        l.env = Overrides::from_lookup(|_| None);
+        assert_eq!(l.load().unwrap().trust_domain.name(), "flag.org");
     }
 
     #[test]

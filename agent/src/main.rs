@@ -1,1 +1,225 @@
-fn main() {}
+//! `mesh-agent`: the per-node SPIFFE agent and its command-line tools.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use mesh_agent::admin;
+use mesh_agent::attest::{Attestation, Attestor};
+use mesh_agent::config::{
+    format_duration, parse_duration, Config, ConfigArgs, ConfigLoader, Overrides,
+};
+use mesh_agent::logging::{self, LogFormat};
+use mesh_agent::registration::{Explanation, RuleSource};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "Per-node agent serving SPIFFE identities"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show a process's selectors, which entries match it and, for those that do not, what it
+    /// lacks.
+    Explain {
+        /// The process to explain.
+        #[arg(long)]
+        pid: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Validate a config file (with MESH_AGENT_* variables applied) and print every problem.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Exit 0 if the agent's /ready endpoint answers 200, 1 otherwise.
+    Healthcheck {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// How long to wait for an answer, e.g. `5s`.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The tools print their results on stdout; only warnings and errors go to the log.
+    let _ = logging::init(LogFormat::Text, "warn");
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, skipping a cause that the message before it already quotes.
+fn describe(error: &anyhow::Error) -> String {
+    let mut out = error.to_string();
+    let mut last = out.clone();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+    }
+    out
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Explain { pid, json, config } => explain(pid, &config, json),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Healthcheck { config, timeout } => healthcheck(&config, timeout),
+    }
+}
+
+fn explain(pid: u32, args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let config = args.loader().load()?;
+    let attestation = Attestor::new(config.max_exe_hash_bytes)
+        .attest_pid(pid)
+        .with_context(|| format!("cannot attest process {pid}"))?;
+    let explanation = config.registry().explain(&attestation.selectors);
+
+    if json {
+        let out = serde_json::json!({
+            "process": attestation,
+            "config": config.source,
+            "explanation": explanation,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!(
+            "{}",
+            render_explanation(&attestation, &config, &explanation)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_explanation(a: &Attestation, config: &Config, ex: &Explanation) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "process {} (uid {}, gid {}, start time {})",
+        a.pid, a.uid, a.gid, a.start_time
+    );
+    if let Some(path) = &a.exe_path {
+        let _ = writeln!(out, "executable: {}", path.display());
+    }
+    if let Some(note) = &a.exe_note {
+        let _ = writeln!(out, "note: {note}");
+    }
+    let _ = writeln!(out, "\nselectors:");
+    for s in &ex.selectors {
+        let _ = writeln!(out, "  {s}");
+    }
+
+    let source = config
+        .source
+        .as_ref()
+        .map_or_else(|| "no config file".to_owned(), |p| p.display().to_string());
+    let _ = writeln!(
+        out,
+        "\nentries ({source}, trust domain {}):",
+        config.trust_domain
+    );
+    if ex.entries.is_empty() {
+        let _ = writeln!(out, "  (none configured)");
+    }
+    for v in &ex.entries {
+        let what = match v.source {
+            RuleSource::Entry { index } => match config.entry_lines.get(index) {
+                Some(line) => format!("entry at line {line}"),
+                None => format!("entry #{}", index + 1),
+            },
+            RuleSource::UidTemplate => "uid template".to_owned(),
+        };
+        let id = v.spiffe_id.as_ref().map_or_else(
+            || ex.uid_template.clone().unwrap_or_default(),
+            ToString::to_string,
+        );
+        let verdict = match (v.matched, v.default) {
+            (true, true) => "MATCH (default)".to_owned(),
+            (true, false) => "MATCH".to_owned(),
+            (false, _) => format!("no match, missing: {}", v.missing.join(", ")),
+        };
+        let _ = writeln!(out, "  {id}  [{what}]\n    {verdict}");
+    }
+
+    let granted = ex.granted();
+    if granted.is_empty() {
+        let _ = writeln!(out, "\nno identity: no entry matches this process");
+    } else {
+        let list: Vec<String> = granted.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "\nidentities: {}", list.join(", "));
+    }
+    out
+}
+
+fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
+    let loader = ConfigLoader::new(Some(file.to_owned()), Overrides::flags());
+    match loader.load() {
+        Ok(config) => {
+            let entries = match &config.entries {
+                Some(e) => format!("{} entries", e.len()),
+                None => format!(
+                    "no entries: every local user N gets spiffe://{}/unix/uid/N",
+                    config.trust_domain
+                ),
+            };
+            println!(
+                "{}: ok (trust domain {}, {entries}, svid_ttl {}, socket {})",
+                file.display(),
+                config.trust_domain,
+                format_duration(config.svid_ttl),
+                config.socket_path.display()
+            );
+            if !loader.env.is_empty() {
+                println!("note: MESH_AGENT_* environment variables were applied");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn healthcheck(args: &ConfigArgs, timeout: std::time::Duration) -> anyhow::Result<ExitCode> {
+    let config = args.loader().load()?;
+    let addr: SocketAddr = config.admin_addr;
+    let (status, body) = admin::probe(addr, "/ready", timeout)?;
+    match status {
+        200 => {
+            println!("ready");
+            Ok(ExitCode::SUCCESS)
+        }
+        503 => {
+            println!("not ready");
+            Ok(ExitCode::FAILURE)
+        }
+        other => bail!(
+            "unexpected status {other} from {addr}/ready: {}",
+            body.trim()
+        ),
+    }
+}
