@@ -438,3 +438,51 @@ fn neither_debug_nor_errors_show_the_token() {
     let signer = JwtSigner::new(&key, KID).unwrap();
     assert!(format!("{signer:?}").contains("redacted"));
 }
+
+#[test]
+fn every_rsa_algorithm_mints_and_validates() {
+    let key = KeyPair::generate(KeyType::Rsa2048).unwrap();
+    for alg in [
+        JwtAlgorithm::Rs256,
+        JwtAlgorithm::Rs384,
+        JwtAlgorithm::Rs512,
+        JwtAlgorithm::Ps256,
+        JwtAlgorithm::Ps384,
+        JwtAlgorithm::Ps512,
+    ] {
+        let signer = JwtSigner::with_algorithm(&key, KID, alg).unwrap();
+        let token = signer
+            .mint(&subject(), &audiences(), TTL, fixed_now())
+            .unwrap();
+        let svid = validate_fixed(&token, &key).unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(svid.algorithm(), alg);
+    }
+}
+
+#[test]
+fn es512_token_validates_with_a_p521_key_read_from_a_jwks() {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{KeyPair as _, ECDSA_P521_SHA512_FIXED_SIGNING};
+
+    let pair = EcdsaKeyPair::generate(&ECDSA_P521_SHA512_FIXED_SIGNING).unwrap();
+    let spki = pair.public_key().as_der().unwrap().as_ref().to_vec();
+    let mut bundle = Bundle::new(trust_domain());
+    bundle.add_jwt_authority(JwtAuthority {
+        key_id: KID.to_owned(),
+        public_key: spki,
+    });
+    let jwks = bundle.to_jwt_jwks().unwrap();
+    assert!(jwks.contains("\"crv\":\"P-521\""), "{jwks}");
+    let read = Bundle::from_document(trust_domain(), jwks.as_bytes()).unwrap();
+    assert_eq!(read, bundle);
+
+    let header = json!({"alg": "ES512", "kid": KID, "typ": "JWT"});
+    let input = format!("{}.{}", b64(&header), b64(&claims_at(fixed_now())));
+    let sig = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    assert_eq!(sig.as_ref().len(), 132);
+    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+
+    let set: BundleSet = [read].into_iter().collect();
+    let svid = jwt::validate(&token, &set, "db", fixed_now()).unwrap();
+    assert_eq!(svid.algorithm(), JwtAlgorithm::Es512);
+}
