@@ -1,5 +1,9 @@
 //! Trust bundles: the X.509 and JWT authorities of one trust domain, and sets of them.
 //!
+//! A bundle reads and writes the SPIFFE bundle document ([`Bundle::from_document`],
+//! [`Bundle::to_document`]) and the plain JWK Set the Workload API serves for JWT bundles
+//! ([`Bundle::to_jwt_jwks`]).
+//!
 //! See the SPIFFE Trust Domain and Bundle standard (`standards/SPIFFE_Trust_Domain_and_Bundle.md`).
 
 use std::collections::BTreeMap;

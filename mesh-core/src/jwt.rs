@@ -566,7 +566,8 @@ pub fn validate(
         return Err(JwtError::NotCompactJws(parts.len()));
     };
 
-    // Header.
+    // Header. A repeated member keeps its last value, which RFC 7515 (section 4) allows as
+    // the alternative to rejecting the token.
     let header = decode_object(header_b64, "header")?;
     let alg_name = header
         .get("alg")
