@@ -585,6 +585,53 @@ mod tests {
     }
 
     #[test]
+    fn supplementary_groups_become_gid_and_group_selectors() {
+        let groups: [libc::gid_t; 2] = [4, 27];
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: the closure runs in the forked child before exec and only makes the
+        // setgroups, setgid and setuid system calls, which are async-signal-safe; `groups` is a
+        // live array of the length passed. Groups are set first, while still root.
+        unsafe {
+            cmd.pre_exec(move || {
+                let ok = libc::setgroups(groups.len(), groups.as_ptr()) == 0
+                    && libc::setgid(65534) == 0
+                    && libc::setuid(65534) == 0;
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = Reaped(cmd.spawn().unwrap());
+        let pid = child.0.id();
+        let sleep_path = which("sleep").unwrap();
+        let attestor = Attestor::new(0);
+        let mut a = attestor.attest(pid, 65534, 65534);
+        for _ in 0..100 {
+            if matches!(&a, Ok(a) if a.exe_path.as_deref() == Some(sleep_path.as_path())) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            a = attestor.attest(pid, 65534, 65534);
+        }
+        let a = a.unwrap();
+
+        assert_eq!(a.supplementary_gids, [4, 27]);
+        for gid in [4, 27, 65534] {
+            assert!(a.selectors.contains(&Selector::gid(gid)), "{gid}: {a:?}");
+            if let Some(name) = group_name(gid) {
+                assert!(
+                    a.selectors.contains(&sel(&format!("unix:group:{name}"))),
+                    "{name}"
+                );
+            }
+        }
+        assert!(!a.selectors.contains(&Selector::gid(0)));
+    }
+
+    #[test]
     fn large_executables_are_not_hashed_and_digests_are_cached() {
         let pid = std::process::id();
         let meta = std::fs::metadata(format!("/proc/{pid}")).unwrap();
