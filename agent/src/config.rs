@@ -328,7 +328,7 @@ impl Overrides {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {
     /// Config file (TOML). Without one, defaults apply and every local user N gets
-    /// spiffe://<trust domain>/unix/uid/N.
+    /// spiffe://TRUST_DOMAIN/unix/uid/N.
     #[arg(long, env = "MESH_AGENT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Trust domain, e.g. example.org.
