@@ -6,7 +6,9 @@
 // Env: SPIFFE_ENDPOINT_SOCKET (unix:///path), ALLOWED_SERVER_IDS (comma list),
 // REPEAT_FOR_SECONDS (keep calling for that long, default: one round),
 // INTERVAL_MS (between rounds, default 1000), JWT_AUDIENCE (if set, fetch a
-// JWT-SVID for it and send it as `Authorization: Bearer`).
+// JWT-SVID for it and send it as `Authorization: Bearer`), KEEP_ALIVE=1 (reuse
+// one connection per server instead of one per call; shows that a server's
+// certificate rotation does not drop open connections).
 // Prints one JSON line per call; exits 1 if any call failed.
 
 const https = require('node:https');
@@ -17,9 +19,9 @@ function log(msg) {
   process.stderr.write(`${new Date().toISOString()} node-client: ${msg}\n`);
 }
 
-function call(url, material, allowed, token) {
+function call(url, material, allowed, token, agent) {
   const start = Date.now();
-  const result = { client: 'node', url, ok: false };
+  const result = { client: 'node', url, ok: false, t: start };
   return new Promise((resolve) => {
     const done = (extra) => resolve({ ...result, ...extra, ms: Date.now() - start });
     const headers = token ? { authorization: `Bearer ${token}` } : {};
@@ -28,7 +30,7 @@ function call(url, material, allowed, token) {
       {
         method: 'GET',
         headers,
-        agent: false, // one connection per call: each call shows the certificates in force
+        agent, // false: one connection per call, so each call shows the certificates in force
         secureContext: material.context,
         rejectUnauthorized: true, // the chain must end at a CA of the trust bundle
         // Replaces the DNS hostname check: the server is who its URI SAN says.
@@ -46,6 +48,9 @@ function call(url, material, allowed, token) {
         const chunks = [];
         const peer = res.socket.getPeerCertificate();
         result.server_serial = peer.serialNumber;
+        result.local_port = res.socket.localPort;
+        // A reused keep-alive connection skips checkServerIdentity: it was checked when opened.
+        if (!result.server_id) result.server_id = spiffeIdOf(peer);
         result.status = res.statusCode;
         res.on('data', (c) => chunks.push(c));
         res.on('end', () => {
@@ -83,6 +88,7 @@ async function main() {
   const repeat = Number(process.env.REPEAT_FOR_SECONDS || 0);
   const interval = Number(process.env.INTERVAL_MS || 1000);
   const audience = process.env.JWT_AUDIENCE;
+  const agent = process.env.KEEP_ALIVE === '1' ? new https.Agent({ keepAlive: true, maxSockets: 1 }) : false;
 
   const watcher = new X509Watcher();
   watcher.on('error', (err) => log(`workload api: ${err.message}`));
@@ -111,13 +117,14 @@ async function main() {
           continue;
         }
       }
-      const r = await call(url, material, allowed, token);
+      const r = await call(url, material, allowed, token, agent);
       if (!r.ok) failures++;
       process.stdout.write(JSON.stringify(r) + '\n');
     }
     if (repeat <= 0 || Date.now() >= deadline) break;
     await new Promise((r) => setTimeout(r, interval));
   }
+  if (agent) agent.destroy();
   watcher.close();
   process.exitCode = failures > 0 ? 1 : 0;
 }

@@ -136,7 +136,7 @@ class Harness:
     procs: list[Proc] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    staged: dict[Path, Path] = field(default_factory=dict)
+    keepalive: str = ""
 
     # ----------------------------------------------------------------- helpers
 
@@ -356,6 +356,21 @@ class Harness:
                 self.as_uid(app.uid + 1, app.client + [urls[s.name] for s in active]),
                 env=env, cwd=str(app.cwd) if app.cwd else None, stdout=out, stderr=err,
                 stdin=subprocess.DEVNULL)
+        keepalive = None
+        node = next((a for a in active if a.name == "node"), None)
+        if node:
+            # One long-lived connection to the Node server, open across its rotations.
+            env = self.env_for(node.uid + 1, sock, {
+                "ALLOWED_SERVER_IDS": node.server_id,
+                "REPEAT_FOR_SECONDS": str(self.rotation_seconds),
+                "INTERVAL_MS": "1000",
+                "KEEP_ALIVE": "1",
+            })
+            keepalive = subprocess.Popen(
+                self.as_uid(node.uid + 1, node.client + [urls["node"]]), env=env, cwd=node.cwd,
+                stdout=open(self.work / "logs" / "node-keepalive.jsonl", "wb"),
+                stderr=open(self.work / "logs" / "node-keepalive.stderr.log", "wb"),
+                stdin=subprocess.DEVNULL)
         mesh: dict[tuple[str, str], list[dict]] = {}
         for name, popen in running.items():
             try:
@@ -377,6 +392,12 @@ class Harness:
                       f"{self.tail(self.work / 'logs' / f'{name}-client.stderr.log')}")
         self.timings["mesh + rotation"] = time.monotonic() - t
         rotation = self.check_mesh(active, mesh)
+        if keepalive is not None:
+            try:
+                keepalive.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                keepalive.kill()
+            self.keepalive = self.check_keepalive(mesh.get(("node", "node"), []))
 
         # ---- 2. negative cases
         t = time.monotonic()
@@ -430,6 +451,32 @@ class Harness:
             self.check(len(client_serials[a.name]) >= 2,
                        f"{a.name} client: no rotation seen (serials {len(client_serials[a.name])})")
         return rotation
+
+    def check_keepalive(self, fresh: list[dict]) -> str:
+        """The keep-alive client's calls all went over one connection and all
+        passed, while fresh connections made meanwhile saw the server's new SVID."""
+        calls = []
+        for line in (self.work / "logs" / "node-keepalive.jsonl").read_text().splitlines():
+            try:
+                calls.append(json.loads(line))
+            except ValueError:
+                pass
+        failed = [c for c in calls if not c.get("ok")]
+        ports = {c.get("local_port") for c in calls if c.get("ok")}
+        serials = {int(c["server_serial"], 16) for c in calls if c.get("server_serial")}
+        if not calls or failed or len(ports) != 1 or len(serials) != 1:
+            what = (f"{len(calls)} calls, {len(failed)} failed, {len(ports)} connections, "
+                    f"{len(serials)} serials; first failure: {failed[0].get('error') if failed else None}")
+            self.failures.append(f"node keep-alive connection across rotation: {what}")
+            return f"FAIL: {what}"
+        held = serials.pop()
+        t0, t1 = calls[0]["t"], calls[-1]["t"]
+        newer = [r for r in fresh if r.get("ok") and t0 < r.get("t", 0) < t1
+                 and int(r["server_serial"], 16) != held]
+        if not newer:
+            self.failures.append("node keep-alive: the server did not rotate while the connection was open")
+            return "FAIL: no rotation while open"
+        return f"ok: {len(calls)} calls on one connection; server rotated meanwhile"
 
     def negative_cases(self, active: list[App], sock: Path, foreign_sock: Path,
                        urls: dict[str, str]) -> dict:
@@ -560,6 +607,9 @@ class Harness:
             print_table(["app", "server serials", "client serials"],
                         [[n, str(rotation[n][0]), str(rotation[n][1])] if n in rotation else [n, "n/a", "n/a"]
                          for n in names])
+        if self.keepalive:
+            print()
+            print(f"node server, one keep-alive connection across rotation: {self.keepalive}")
         if negative:
             print()
             print("negative cases: every server must refuse")
