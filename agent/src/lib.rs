@@ -3,9 +3,12 @@
 
 pub mod admin;
 pub mod attest;
+pub mod cache;
 pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod registration;
 pub mod reload;
+pub mod run;
 pub mod selector;
+pub mod workload;

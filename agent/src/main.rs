@@ -13,6 +13,9 @@ use mesh_agent::config::{
 };
 use mesh_agent::logging::{self, LogFormat};
 use mesh_agent::registration::{Explanation, RuleSource};
+use tokio::signal::unix::SignalKind;
+
+mod api;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +30,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: open or create the CA and serve the Workload API.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Talk to a Workload API socket (this agent's or any other).
+    Api {
+        #[command(flatten)]
+        socket: api::SocketArgs,
+        #[command(subcommand)]
+        command: api::ApiCommand,
+    },
     /// Show a process's selectors, which entries match it and, for those that do not, what it
     /// lacks.
     Explain {
@@ -56,6 +71,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run { config } = cli.command {
+        return run_agent(&config);
+    }
     // The tools print their results on stdout; only warnings and errors go to the log.
     let _ = logging::init(LogFormat::Text, "warn");
     match run(cli.command) {
@@ -82,8 +100,62 @@ fn describe(error: &anyhow::Error) -> String {
     out
 }
 
+/// `mesh-agent run`: logs as configured, stops on SIGTERM or SIGINT.
+fn run_agent(args: &ConfigArgs) -> ExitCode {
+    let loader = args.loader();
+    let config = match loader.load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = logging::init(config.log_format, &config.log_level) {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::error!(%error, "cannot watch SIGTERM; stop the agent with SIGINT");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        };
+        mesh_agent::run::run(config, loader, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "mesh-agent failed");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run { .. } => unreachable!("handled in main"),
+        Command::Api { socket, command } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(api::run(command, &socket)),
         Command::Explain { pid, json, config } => explain(pid, &config, json),
         Command::CheckConfig { file } => check_config(&file),
         Command::Healthcheck { config, timeout } => healthcheck(&config, timeout),

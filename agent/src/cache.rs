@@ -1,0 +1,400 @@
+//! The SVID cache: one X509-SVID per registration entry in use, renewed at half-life.
+//!
+//! Callers never wait for the CA on the common path: an entry's SVID is issued once, when the
+//! entry first appears in the registry (or, for the uid template, when a user first asks), and
+//! renewed in the background at about half its life. Every change (a renewal, an entry added
+//! or removed, a CA rotation) bumps a generation number on a watch channel; each open
+//! Workload API stream waits on that channel and sends its caller a new full snapshot.
+//!
+//! JWT-SVIDs are cached per identity and audience set until half their life has passed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use mesh_core::ca::{Ca, CaError, SvidRequest, X509Issuer};
+use mesh_core::clock::SharedClock;
+use mesh_core::{Bundle, KeyType, SpiffeId};
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::registration::{Entry, Registry};
+
+/// Why an SVID could not be produced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The CA refused or failed to issue.
+    #[error("issuing an X509-SVID for {spiffe_id} failed: {source}")]
+    Issue {
+        /// The identity asked for.
+        spiffe_id: SpiffeId,
+        /// The CA's error.
+        source: CaError,
+    },
+    /// Minting a JWT-SVID failed.
+    #[error("minting a JWT-SVID for {spiffe_id} failed: {source}")]
+    Mint {
+        /// The identity asked for.
+        spiffe_id: SpiffeId,
+        /// The signer's error.
+        source: mesh_core::jwt::JwtError,
+    },
+    /// The bundle could not be written as JWKS.
+    #[error("writing the JWT bundle failed: {0}")]
+    Jwks(String),
+}
+
+/// An issued X509-SVID in the form the Workload API sends, with its renewal time.
+#[derive(Debug)]
+pub struct CachedSvid {
+    /// The SVID as sent to workloads (chain, key, bundle, hint).
+    pub wire: workload_api::X509Svid,
+    /// When the leaf expires.
+    pub not_after: SystemTime,
+    /// When the background task renews it.
+    pub renew_at: SystemTime,
+    issuer: Arc<X509Issuer>,
+}
+
+/// The trust bundle of the agent's trust domain in the forms the Workload API sends.
+#[derive(Debug)]
+pub struct BundleView {
+    /// The bundle itself.
+    pub bundle: Bundle,
+    /// The X.509 authorities as concatenated DER.
+    pub x509_der: Vec<u8>,
+    /// The JWT authorities as a JWKS document (every key with `kid`, no `use`).
+    pub jwks: Vec<u8>,
+}
+
+impl BundleView {
+    fn of(bundle: Bundle) -> Result<Self, CacheError> {
+        let jwks = bundle
+            .to_jwt_jwks()
+            .map_err(|e| CacheError::Jwks(e.to_string()))?;
+        Ok(Self {
+            x509_der: bundle.x509_authorities_concatenated(),
+            jwks: jwks.into_bytes(),
+            bundle,
+        })
+    }
+}
+
+struct CachedJwt {
+    token: String,
+    kid: String,
+    refresh_at: SystemTime,
+}
+
+struct State {
+    svids: HashMap<Entry, Arc<CachedSvid>>,
+    jwts: HashMap<(SpiffeId, Vec<String>), CachedJwt>,
+    bundle: Arc<BundleView>,
+    ca_generation: u64,
+}
+
+/// Settings of the cache.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Key type of the SVIDs' keys.
+    pub key_type: KeyType,
+    /// Lifetime of X509-SVIDs whose entry sets none.
+    pub svid_ttl: Duration,
+    /// Lifetime of JWT-SVIDs.
+    pub jwt_ttl: Duration,
+}
+
+/// The SVID cache of one agent. See the module documentation.
+pub struct SvidCache {
+    ca: Arc<Ca>,
+    clock: SharedClock,
+    options: CacheOptions,
+    metrics: Metrics,
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+}
+
+impl SvidCache {
+    /// A cache issuing from `ca`, with nothing issued yet.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Jwks`] if the CA's bundle cannot be written as JWKS.
+    pub fn new(
+        ca: Arc<Ca>,
+        clock: SharedClock,
+        options: CacheOptions,
+        metrics: Metrics,
+    ) -> Result<Self, CacheError> {
+        let bundle = Arc::new(BundleView::of(ca.current_bundle())?);
+        let ca_generation = ca.generation();
+        let (changes, _) = watch::channel(0);
+        Ok(Self {
+            ca,
+            clock,
+            options,
+            metrics,
+            state: Mutex::new(State {
+                svids: HashMap::new(),
+                jwts: HashMap::new(),
+                bundle,
+                ca_generation,
+            }),
+            changes,
+        })
+    }
+
+    /// A receiver whose value changes whenever any SVID or the bundle changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The bundle of the agent's trust domain now.
+    pub fn bundle(&self) -> Arc<BundleView> {
+        Arc::clone(&self.lock().bundle)
+    }
+
+    /// The CA the cache issues from.
+    pub fn ca(&self) -> &Arc<Ca> {
+        &self.ca
+    }
+
+    /// The SVID of `entry`, issuing it now if the cache has none.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Issue`] if the CA cannot issue.
+    pub fn svid(&self, entry: &Entry) -> Result<Arc<CachedSvid>, CacheError> {
+        let mut state = self.lock();
+        if let Some(svid) = state.svids.get(entry) {
+            return Ok(Arc::clone(svid));
+        }
+        let svid = Arc::new(self.issue(entry, &state.bundle)?);
+        state.svids.insert(entry.clone(), Arc::clone(&svid));
+        drop(state);
+        self.metrics.svid_issued();
+        Ok(svid)
+    }
+
+    /// Makes the cache follow `registry`: issues an SVID for every explicit entry that has
+    /// none, and drops those of entries no longer registered. Notifies streams if anything
+    /// changed.
+    ///
+    /// Entries made from the uid template are kept while the template is in force; they are
+    /// issued when a user first asks.
+    pub fn sync_registry(&self, registry: &Registry) {
+        let mut state = self.lock();
+        let before = state.svids.len();
+        state.svids.retain(|entry, _| {
+            registry.entries().contains(entry)
+                || registry
+                    .uid_template_domain()
+                    .is_some_and(|td| entry.spiffe_id.trust_domain() == td)
+        });
+        let mut changed = state.svids.len() != before;
+        let mut issued = 0;
+        for entry in registry.entries() {
+            if state.svids.contains_key(entry) {
+                continue;
+            }
+            match self.issue(entry, &state.bundle) {
+                Ok(svid) => {
+                    state.svids.insert(entry.clone(), Arc::new(svid));
+                    issued += 1;
+                    changed = true;
+                }
+                Err(error) => tracing::error!(%error, "cannot issue for a registration entry"),
+            }
+        }
+        drop(state);
+        for _ in 0..issued {
+            self.metrics.svid_issued();
+        }
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Renews every SVID that is due, or that an authority no longer active signed, and takes
+    /// up a new bundle if the CA changed. Notifies streams if anything changed. Returns when
+    /// the next SVID falls due.
+    pub fn refresh(&self) -> Option<SystemTime> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let mut changed = false;
+
+        let ca_generation = self.ca.generation();
+        if ca_generation != state.ca_generation {
+            match BundleView::of(self.ca.current_bundle()) {
+                Ok(view) => {
+                    state.bundle = Arc::new(view);
+                    state.ca_generation = ca_generation;
+                    changed = true;
+                    tracing::info!(
+                        sequence = state.bundle.bundle.sequence(),
+                        "trust bundle changed"
+                    );
+                }
+                Err(error) => tracing::error!(%error, "cannot take up the new bundle"),
+            }
+        }
+
+        let active = self.ca.x509_issuer();
+        let due: Vec<Entry> = state
+            .svids
+            .iter()
+            .filter(|(_, svid)| svid.renew_at <= now || !Arc::ptr_eq(&svid.issuer, &active))
+            .map(|(entry, _)| entry.clone())
+            .collect();
+        let mut renewed = 0;
+        for entry in due {
+            match self.issue(&entry, &state.bundle) {
+                Ok(svid) => {
+                    tracing::debug!(spiffe_id = %entry.spiffe_id, "X509-SVID renewed");
+                    state.svids.insert(entry, Arc::new(svid));
+                    renewed += 1;
+                }
+                Err(error) => tracing::warn!(%error, "renewal failed; retrying later"),
+            }
+        }
+        if renewed > 0 {
+            changed = true;
+        }
+
+        // SVIDs keep the bundle bytes they were issued with; a bundle change alone (a new
+        // authority prepared) must reach them too.
+        if changed {
+            let bundle = Arc::clone(&state.bundle);
+            for svid in state.svids.values_mut() {
+                if svid.wire.bundle != bundle.x509_der {
+                    let mut wire = svid.wire.clone();
+                    wire.bundle.clone_from(&bundle.x509_der);
+                    *svid = Arc::new(CachedSvid {
+                        wire,
+                        not_after: svid.not_after,
+                        renew_at: svid.renew_at,
+                        issuer: Arc::clone(&svid.issuer),
+                    });
+                }
+            }
+        }
+        let next = state.svids.values().map(|s| s.renew_at).min();
+        drop(state);
+
+        for _ in 0..renewed {
+            self.metrics.svid_renewed();
+        }
+        if changed {
+            self.notify();
+        }
+        next
+    }
+
+    /// A JWT-SVID for `spiffe_id` and `audiences`, from the cache if the cached one has more
+    /// than half its life left and its key is still in the bundle.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Mint`] if minting fails.
+    pub fn jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audiences: &[String],
+    ) -> Result<String, CacheError> {
+        let now = self.clock.now();
+        let mut key_audiences = audiences.to_vec();
+        key_audiences.sort();
+        key_audiences.dedup();
+        let key = (spiffe_id.clone(), key_audiences);
+
+        let mut state = self.lock();
+        if let Some(cached) = state.jwts.get(&key) {
+            if now < cached.refresh_at && state.bundle.bundle.jwt_authority(&cached.kid).is_some() {
+                return Ok(cached.token.clone());
+            }
+        }
+
+        let signing = self.ca.jwt_signing_key();
+        let ttl = signing.ttl_cap(self.options.jwt_ttl, now);
+        let token =
+            mesh_core::jwt::mint(signing.key(), signing.kid(), spiffe_id, audiences, ttl, now)
+                .map_err(|source| CacheError::Mint {
+                    spiffe_id: spiffe_id.clone(),
+                    source,
+                })?;
+        // Entries whose tokens have expired would otherwise pile up for callers that never
+        // come back.
+        state.jwts.retain(|_, jwt| jwt.refresh_at > now);
+        state.jwts.insert(
+            key,
+            CachedJwt {
+                token: token.clone(),
+                kid: signing.kid().to_owned(),
+                refresh_at: now + ttl / 2,
+            },
+        );
+        Ok(token)
+    }
+
+    /// How many X509-SVIDs the cache holds.
+    pub fn len(&self) -> usize {
+        self.lock().svids.len()
+    }
+
+    /// Whether the cache holds no X509-SVID.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn notify(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    fn issue(&self, entry: &Entry, bundle: &BundleView) -> Result<CachedSvid, CacheError> {
+        let now = self.clock.now();
+        let issuer = self.ca.x509_issuer();
+        let ttl = entry.ttl.unwrap_or(self.options.svid_ttl);
+        let request = SvidRequest::new(entry.spiffe_id.clone(), ttl)
+            .with_dns_names(entry.dns_names.iter().cloned());
+        let svid = issuer
+            .issue_with_new_key(&request, self.options.key_type, now)
+            .map_err(|source| CacheError::Issue {
+                spiffe_id: entry.spiffe_id.clone(),
+                source,
+            })?;
+
+        let not_after = svid.not_after();
+        let life = not_after.duration_since(now).unwrap_or_default();
+        // Renew at half-life, a little earlier at random so that many SVIDs issued together
+        // do not all renew in the same instant.
+        let jitter = life.mul_f64(rand::rng().random_range(0.0..0.1));
+        let renew_at = now + life / 2 - jitter;
+
+        Ok(CachedSvid {
+            wire: workload_api::X509Svid {
+                spiffe_id: entry.spiffe_id.to_string(),
+                cert_chain: svid.chain_der(),
+                private_key: svid.private_key_pkcs8_der().to_vec(),
+                bundle: bundle.x509_der.clone(),
+                hint: entry.hint.clone().unwrap_or_default(),
+            },
+            not_after,
+            renew_at,
+            issuer,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for SvidCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SvidCache")
+            .field("svids", &self.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,395 @@
+//! The agent's Workload API provider: attests each caller, finds its registration entries, and
+//! answers from the SVID cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use mesh_core::{BundleSet, SpiffeId, TrustDomain};
+use tokio::sync::watch;
+use workload_api::{
+    Caller, JwtBundles, JwtSvid, Provider, ProviderError, ProviderStream, ValidatedJwt,
+    X509Bundles, X509Context,
+};
+
+use crate::attest::Attestor;
+use crate::cache::{CacheError, SvidCache};
+use crate::metrics::{Metrics, StreamGuard};
+use crate::registration::Registry;
+use crate::selector::SelectorSet;
+
+/// Serves identities from an [`SvidCache`] to attested callers.
+#[derive(Debug, Clone)]
+pub struct AgentProvider {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    trust_domain: TrustDomain,
+    cache: Arc<SvidCache>,
+    registry: watch::Receiver<Arc<Registry>>,
+    attestor: Arc<Attestor>,
+    metrics: Metrics,
+}
+
+impl AgentProvider {
+    /// A provider over `cache`, following the registry in `registry`.
+    pub fn new(
+        trust_domain: TrustDomain,
+        cache: Arc<SvidCache>,
+        registry: watch::Receiver<Arc<Registry>>,
+        attestor: Arc<Attestor>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                trust_domain,
+                cache,
+                registry,
+                attestor,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl Inner {
+    /// The caller's selectors, known to describe the process that connected.
+    async fn attest(&self, caller: &Caller) -> Result<SelectorSet, ProviderError> {
+        let pid = u32::try_from(caller.pid())
+            .ok()
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| ProviderError::AttestationFailed("caller pid is unknown".to_owned()))?;
+        let (uid, gid) = (caller.uid(), caller.gid());
+        let attestor = Arc::clone(&self.attestor);
+        // Reading /proc and hashing an executable block; keep them off the reactor.
+        let attestation = tokio::task::spawn_blocking(move || attestor.attest(pid, uid, gid))
+            .await
+            .map_err(|e| ProviderError::Internal(format!("attestation task failed: {e}")))?
+            .map_err(|e| ProviderError::AttestationFailed(e.to_string()))?;
+        // What was read under /proc/<pid> belongs to the caller only if the caller still
+        // exists now: a pid is not reused while its process lives.
+        caller.ensure_alive()?;
+        Ok(attestation.selectors)
+    }
+
+    fn x509_context(&self, selectors: &SelectorSet) -> Result<X509Context, ProviderError> {
+        let registry = Arc::clone(&self.registry.borrow());
+        let entries = registry.matching(selectors);
+        if entries.is_empty() {
+            return Err(ProviderError::NoIdentity);
+        }
+        let svids = entries
+            .iter()
+            .map(|entry| self.cache.svid(entry).map(|svid| svid.wire.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(internal)?;
+        Ok(X509Context {
+            svids,
+            federated_bundles: BTreeMap::new(),
+        })
+    }
+
+    fn x509_bundles(&self) -> X509Bundles {
+        let view = self.cache.bundle();
+        X509Bundles {
+            bundles: BTreeMap::from([(self.trust_domain.id_string(), view.x509_der.clone())]),
+        }
+    }
+
+    fn jwt_bundles(&self) -> JwtBundles {
+        let view = self.cache.bundle();
+        JwtBundles {
+            bundles: BTreeMap::from([(self.trust_domain.id_string(), view.jwks.clone())]),
+        }
+    }
+
+    fn record<T>(&self, method: &str, started: Instant, result: &Result<T, ProviderError>) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(error) => tonic::Status::from(error.clone()).code(),
+        };
+        self.metrics
+            .record_call(method, code_name(code), started.elapsed());
+    }
+}
+
+/// Turns a stream of "something changed" signals into a stream of snapshots, sending the first
+/// at once and later ones only when they differ from the last sent.
+fn snapshots<T, F>(
+    first: T,
+    changes: watch::Receiver<u64>,
+    registry: watch::Receiver<Arc<Registry>>,
+    guard: StreamGuard,
+    compute: F,
+) -> ProviderStream<T>
+where
+    T: Clone + PartialEq + Send + Sync + 'static,
+    F: Fn() -> Result<T, ProviderError> + Send + Sync + 'static,
+{
+    struct Watch<T, F> {
+        last: Option<T>,
+        pending: Option<T>,
+        changes: watch::Receiver<u64>,
+        registry: watch::Receiver<Arc<Registry>>,
+        compute: F,
+        done: bool,
+        _guard: StreamGuard,
+    }
+
+    let state = Watch {
+        last: None,
+        pending: Some(first),
+        changes,
+        registry,
+        compute,
+        done: false,
+        _guard: guard,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(item) = st.pending.take() {
+            st.last = Some(item.clone());
+            return Some((Ok(item), st));
+        }
+        loop {
+            tokio::select! {
+                changed = st.changes.changed() => if changed.is_err() { return None },
+                changed = st.registry.changed() => if changed.is_err() { return None },
+            }
+            match (st.compute)() {
+                Ok(item) if st.last.as_ref() == Some(&item) => {}
+                Ok(item) => {
+                    st.last = Some(item.clone());
+                    return Some((Ok(item), st));
+                }
+                Err(error) => {
+                    st.done = true;
+                    return Some((Err(error), st));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+#[tonic::async_trait]
+impl Provider for AgentProvider {
+    async fn watch_x509_context(
+        &self,
+        caller: &Caller,
+    ) -> Result<ProviderStream<X509Context>, ProviderError> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let result = async {
+            let selectors = inner.attest(caller).await?;
+            let first = inner.x509_context(&selectors)?;
+            Ok((selectors, first))
+        }
+        .await;
+        inner.record("FetchX509SVID", started, &result);
+        let (selectors, first) = result.inspect_err(|error| log_refusal(caller, error))?;
+
+        tracing::debug!(
+            pid = caller.pid(),
+            uid = caller.uid(),
+            spiffe_id = %first.svids[0].spiffe_id,
+            svids = first.svids.len(),
+            "X.509 context stream opened"
+        );
+        let provider = Arc::clone(inner);
+        Ok(snapshots(
+            first,
+            inner.cache.subscribe(),
+            inner.registry.clone(),
+            inner.metrics.stream_opened(),
+            move || provider.x509_context(&selectors),
+        ))
+    }
+
+    async fn watch_x509_bundles(
+        &self,
+        caller: &Caller,
+    ) -> Result<ProviderStream<X509Bundles>, ProviderError> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let result = inner.attest(caller).await;
+        inner.record("FetchX509Bundles", started, &result);
+        result.inspect_err(|error| log_refusal(caller, error))?;
+        tracing::debug!(
+            pid = caller.pid(),
+            uid = caller.uid(),
+            "X.509 bundle stream opened"
+        );
+        let provider = Arc::clone(inner);
+        Ok(snapshots(
+            inner.x509_bundles(),
+            inner.cache.subscribe(),
+            inner.registry.clone(),
+            inner.metrics.stream_opened(),
+            move || Ok(provider.x509_bundles()),
+        ))
+    }
+
+    async fn watch_jwt_bundles(
+        &self,
+        caller: &Caller,
+    ) -> Result<ProviderStream<JwtBundles>, ProviderError> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let result = inner.attest(caller).await;
+        inner.record("FetchJWTBundles", started, &result);
+        result.inspect_err(|error| log_refusal(caller, error))?;
+        tracing::debug!(
+            pid = caller.pid(),
+            uid = caller.uid(),
+            "JWT bundle stream opened"
+        );
+        let provider = Arc::clone(inner);
+        Ok(snapshots(
+            inner.jwt_bundles(),
+            inner.cache.subscribe(),
+            inner.registry.clone(),
+            inner.metrics.stream_opened(),
+            move || Ok(provider.jwt_bundles()),
+        ))
+    }
+
+    async fn fetch_jwt_svids(
+        &self,
+        caller: &Caller,
+        audience: Vec<String>,
+        spiffe_id: Option<String>,
+    ) -> Result<Vec<JwtSvid>, ProviderError> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let result = async {
+            if audience.is_empty() || audience.iter().any(String::is_empty) {
+                return Err(ProviderError::InvalidArgument(
+                    "audience must not be empty".to_owned(),
+                ));
+            }
+            let wanted = spiffe_id
+                .as_deref()
+                .map(SpiffeId::new)
+                .transpose()
+                .map_err(|e| ProviderError::InvalidArgument(format!("spiffe_id: {e}")))?;
+            let selectors = inner.attest(caller).await?;
+            let registry = Arc::clone(&inner.registry.borrow());
+            let entries = registry.matching(&selectors);
+            if entries.is_empty() {
+                return Err(ProviderError::NoIdentity);
+            }
+            let chosen: Vec<_> = match &wanted {
+                Some(id) => entries.iter().filter(|e| &e.spiffe_id == id).collect(),
+                None => entries.iter().collect(),
+            };
+            if chosen.is_empty() {
+                return Err(ProviderError::PermissionDenied(format!(
+                    "caller may not have the identity {}",
+                    spiffe_id.unwrap_or_default()
+                )));
+            }
+            let mut svids = Vec::with_capacity(chosen.len());
+            for entry in chosen {
+                // A caller may hold the same identity through several entries; mint it once.
+                if svids
+                    .iter()
+                    .any(|s: &JwtSvid| s.spiffe_id == entry.spiffe_id.as_str())
+                {
+                    continue;
+                }
+                let token = inner
+                    .cache
+                    .jwt_svid(&entry.spiffe_id, &audience)
+                    .map_err(internal)?;
+                svids.push(JwtSvid {
+                    spiffe_id: entry.spiffe_id.to_string(),
+                    token,
+                    hint: entry.hint.clone().unwrap_or_default(),
+                });
+            }
+            Ok(svids)
+        }
+        .await;
+        inner.record("FetchJWTSVID", started, &result);
+        match &result {
+            Ok(svids) => tracing::debug!(
+                pid = caller.pid(),
+                uid = caller.uid(),
+                spiffe_id = %svids[0].spiffe_id,
+                "JWT-SVID fetched"
+            ),
+            Err(error) => log_refusal(caller, error),
+        }
+        result
+    }
+
+    async fn validate_jwt_svid(
+        &self,
+        caller: &Caller,
+        audience: &str,
+        token: &str,
+    ) -> Result<ValidatedJwt, ProviderError> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let result = async {
+            if audience.is_empty() {
+                return Err(ProviderError::InvalidArgument(
+                    "audience must not be empty".to_owned(),
+                ));
+            }
+            if token.is_empty() {
+                return Err(ProviderError::InvalidArgument(
+                    "svid must not be empty".to_owned(),
+                ));
+            }
+            inner.attest(caller).await?;
+            let bundles: BundleSet = std::iter::once(inner.cache.bundle().bundle.clone()).collect();
+            let now = std::time::SystemTime::now();
+            let svid = mesh_core::jwt::validate(token, &bundles, audience, now)
+                .map_err(|e| ProviderError::InvalidArgument(e.to_string()))?;
+            Ok(ValidatedJwt {
+                spiffe_id: svid.spiffe_id().to_string(),
+                claims: svid.claims().clone(),
+            })
+        }
+        .await;
+        inner.record("ValidateJWTSVID", started, &result);
+        match &result {
+            Ok(valid) => tracing::debug!(
+                pid = caller.pid(),
+                uid = caller.uid(),
+                subject = %valid.spiffe_id,
+                "JWT-SVID validated"
+            ),
+            Err(error) => log_refusal(caller, error),
+        }
+        result
+    }
+}
+
+fn internal(error: CacheError) -> ProviderError {
+    tracing::error!(%error, "cannot serve an identity");
+    ProviderError::Internal(error.to_string())
+}
+
+fn log_refusal(caller: &Caller, error: &ProviderError) {
+    tracing::info!(pid = caller.pid(), uid = caller.uid(), %error, "workload api call refused");
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::InvalidArgument => "InvalidArgument",
+        tonic::Code::PermissionDenied => "PermissionDenied",
+        tonic::Code::Unavailable => "Unavailable",
+        tonic::Code::Unimplemented => "Unimplemented",
+        tonic::Code::Internal => "Internal",
+        _ => "Other",
+    }
+}
