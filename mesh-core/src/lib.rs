@@ -12,6 +12,7 @@ pub mod fs;
 pub mod id;
 pub mod jwt;
 pub mod key;
+pub mod tls;
 pub mod x509;
 
 pub use bundle::{Bundle, BundleSet, JwtAuthority};
