@@ -19,7 +19,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use mesh_core::id::{SpiffeId, TrustDomain};
@@ -103,61 +102,7 @@ impl Config {
     }
 }
 
-/// Key algorithm for the CA and the SVIDs it issues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
-pub enum KeyType {
-    /// ECDSA on P-256 (`ec-p256`), the default.
-    #[default]
-    #[serde(rename = "ec-p256")]
-    EcP256,
-    /// ECDSA on P-384 (`ec-p384`).
-    #[serde(rename = "ec-p384")]
-    EcP384,
-    /// RSA with a 2048-bit modulus (`rsa-2048`).
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
-    /// RSA with a 3072-bit modulus (`rsa-3072`).
-    #[serde(rename = "rsa-3072")]
-    Rsa3072,
-    /// RSA with a 4096-bit modulus (`rsa-4096`).
-    #[serde(rename = "rsa-4096")]
-    Rsa4096,
-}
-
-impl KeyType {
-    const NAMES: [(&'static str, KeyType); 5] = [
-        ("ec-p256", KeyType::EcP256),
-        ("ec-p384", KeyType::EcP384),
-        ("rsa-2048", KeyType::Rsa2048),
-        ("rsa-3072", KeyType::Rsa3072),
-        ("rsa-4096", KeyType::Rsa4096),
-    ];
-}
-
-impl FromStr for KeyType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::NAMES
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, k)| *k)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
-                format!("key type `{s}` is unknown; use one of {}", known.join(", "))
-            })
-    }
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = Self::NAMES
-            .iter()
-            .find(|(_, k)| k == self)
-            .map_or("?", |(n, _)| *n);
-        f.write_str(name)
-    }
-}
+pub use mesh_core::KeyType;
 
 /// An existing CA (PEM certificate and key, plus optional intermediates up to the root) that
 /// the agent signs with instead of generating its own root.
@@ -575,7 +520,9 @@ impl ConfigLoader {
         let svid_ttl = r.pick(Setting::SvidTtl, parse_ttl);
         let jwt_ttl = r.pick(Setting::JwtTtl, parse_ttl);
         let ca_ttl = r.pick(Setting::CaTtl, parse_ttl);
-        let key_type = r.pick(Setting::KeyType, KeyType::from_str);
+        let key_type = r.pick(Setting::KeyType, |v| {
+            v.parse::<KeyType>().map_err(|e| e.to_string())
+        });
         let ca_cert = r.pick(Setting::CaCert, parse_existing_file);
         let ca_key = r.pick(Setting::CaKey, parse_existing_file);
         let ca_chain = r.pick(Setting::CaChain, parse_existing_file);
@@ -1454,7 +1401,7 @@ ttl = "48h"
     fn settings_have_matching_env_and_flag_names() {
         assert_eq!(Setting::TrustDomain.env_var(), "MESH_AGENT_TRUST_DOMAIN");
         assert_eq!(Setting::MaxExeHashBytes.flag(), "--max-exe-hash-bytes");
-        assert_eq!("ec-p384".parse::<KeyType>(), Ok(KeyType::EcP384));
+        assert_eq!("ec-p384".parse::<KeyType>().unwrap(), KeyType::EcP384);
         assert_eq!(KeyType::Rsa4096.to_string(), "rsa-4096");
     }
 }

@@ -89,7 +89,7 @@ pub async fn run(
     let metrics = state.metrics.clone();
     metrics.set_ca_expiry(ca.x509_issuer().not_after());
     let options = CacheOptions {
-        key_type: key_type(&config),
+        key_type: config.key_type,
         svid_ttl: config.svid_ttl,
         jwt_ttl: config.jwt_ttl,
     };
@@ -162,7 +162,7 @@ pub async fn run(
 async fn open_ca(config: &Config, clock: SharedClock) -> Result<Arc<Ca>, RunError> {
     let dir = config.data_dir.join("ca");
     let mut ca_config = CaConfig::new(config.trust_domain.clone(), &dir);
-    ca_config.ca_key_type = key_type(config);
+    ca_config.ca_key_type = config.key_type;
     ca_config.ca_ttl = config.ca_ttl;
     ca_config.max_svid_ttl = max_svid_ttl(config);
     ca_config.max_jwt_svid_ttl = config.jwt_ttl;
@@ -183,18 +183,6 @@ async fn open_ca(config: &Config, clock: SharedClock) -> Result<Arc<Ca>, RunErro
         .map_err(|e| RunError::Task(e.to_string()))?
         .map(Arc::new)
         .map_err(|source| RunError::Ca { dir, source })
-}
-
-/// The mesh-core key type of the configured key algorithm.
-fn key_type(config: &Config) -> mesh_core::KeyType {
-    use crate::config::KeyType as K;
-    match config.key_type {
-        K::EcP256 => mesh_core::KeyType::EcP256,
-        K::EcP384 => mesh_core::KeyType::EcP384,
-        K::Rsa2048 => mesh_core::KeyType::Rsa2048,
-        K::Rsa3072 => mesh_core::KeyType::Rsa3072,
-        K::Rsa4096 => mesh_core::KeyType::Rsa4096,
-    }
 }
 
 /// The longest SVID lifetime any entry asks for, so that the CA's cap does not cut it.

@@ -15,19 +15,23 @@ use rustls_pki_types::PrivatePkcs8KeyDer;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
 )]
-#[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum KeyType {
     /// ECDSA on NIST P-256 with SHA-256 (the default).
     #[default]
+    #[serde(rename = "ec-p256")]
     EcP256,
     /// ECDSA on NIST P-384 with SHA-384.
+    #[serde(rename = "ec-p384")]
     EcP384,
     /// RSA with a 2048-bit modulus, signing with PKCS#1 v1.5 and SHA-256.
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
     /// RSA with a 3072-bit modulus, signing with PKCS#1 v1.5 and SHA-256.
+    #[serde(rename = "rsa-3072")]
     Rsa3072,
     /// RSA with a 4096-bit modulus, signing with PKCS#1 v1.5 and SHA-256.
+    #[serde(rename = "rsa-4096")]
     Rsa4096,
 }
 
@@ -245,6 +249,15 @@ mod tests {
         }
         let err = "ed25519".parse::<KeyType>().unwrap_err();
         assert!(err.to_string().contains("ed25519"));
+    }
+
+    #[test]
+    fn serde_names_match_config_names() {
+        for key_type in KeyType::ALL {
+            let json = serde_json::to_string(&key_type).unwrap();
+            assert_eq!(json, format!("\"{}\"", key_type.name()));
+            assert_eq!(serde_json::from_str::<KeyType>(&json).unwrap(), key_type);
+        }
     }
 
     #[test]
