@@ -463,7 +463,7 @@ impl X509Issuer {
         now: SystemTime,
     ) -> Result<Vec<CertificateDer<'static>>, CaError> {
         let public_key = LeafPublicKey::from_spki_der(spki_der)?;
-        let leaf = self.sign_leaf(request, &public_key, now)?;
+        let (leaf, _, _) = self.sign_leaf(request, &public_key, now)?;
         let mut chain = Vec::with_capacity(self.full_chain.len());
         chain.push(leaf);
         chain.extend(self.intermediates().iter().cloned());
@@ -503,12 +503,17 @@ impl X509Issuer {
     ) -> Result<X509Svid, CaError> {
         let key = KeyPair::generate(key_type)?;
         let public_key = LeafPublicKey::from_key_pair(&key);
-        let leaf = self.sign_leaf(request, &public_key, now)?;
+        let (leaf, not_before, not_after) = self.sign_leaf(request, &public_key, now)?;
         let mut chain = Vec::with_capacity(self.full_chain.len());
         chain.push(leaf);
         chain.extend(self.intermediates().iter().cloned());
-        X509Svid::new(chain, key.pkcs8_der().to_vec())
-            .map_err(|e| CaError::InvalidCa(format!("issued SVID does not parse: {e}")))
+        Ok(X509Svid::from_issued(
+            request.spiffe_id.clone(),
+            chain,
+            key.pkcs8_der().to_vec(),
+            not_before,
+            not_after,
+        ))
     }
 
     fn sign_leaf(
@@ -516,7 +521,7 @@ impl X509Issuer {
         request: &SvidRequest,
         public_key: &LeafPublicKey,
         now: SystemTime,
-    ) -> Result<CertificateDer<'static>, CaError> {
+    ) -> Result<(CertificateDer<'static>, SystemTime, SystemTime), CaError> {
         let id = &request.spiffe_id;
         if !id.is_workload() {
             return Err(CaError::LeafIdWithoutPath(id.to_string()));
@@ -566,7 +571,7 @@ impl X509Issuer {
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(|e| CaError::Certificate("leaf", e))?;
-        Ok(cert.into())
+        Ok((cert.into(), not_before, not_after))
     }
 
     /// Signs a throw-away certificate to prove that the key belongs to the signing certificate

@@ -114,6 +114,24 @@ impl X509Svid {
         })
     }
 
+    /// Wraps a chain this crate has just issued for `key`, skipping the checks of
+    /// [`X509Svid::new`]: the issuer built the leaf to the profile and for this very key.
+    pub(crate) fn from_issued(
+        spiffe_id: SpiffeId,
+        chain: Vec<CertificateDer<'static>>,
+        private_key_pkcs8_der: Vec<u8>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Self {
+        Self {
+            spiffe_id,
+            chain,
+            key: private_key_pkcs8_der,
+            not_before,
+            not_after,
+        }
+    }
+
     /// Builds an SVID from concatenated DER certificates (the Workload API's `x509_svid`) and
     /// an unencrypted PKCS#8 DER key (`x509_svid_key`).
     ///
