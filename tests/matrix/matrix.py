@@ -278,7 +278,7 @@ class Harness:
             if src.exists():
                 dst = staged / src.relative_to(ROOT)
                 shutil.copytree(src, dst, symlinks=True,
-                                ignore=shutil.ignore_patterns("src", ".git"))
+                                ignore=shutil.ignore_patterns(".git"))
                 mapping[str(src)] = str(dst)
         subprocess.run(["chmod", "-R", "a+rX", str(staged)], check=True)
 
