@@ -75,7 +75,12 @@ fn verifies(svid: &X509Svid, ca: &Ca, at: SystemTime) -> Result<(), VerifyError>
 }
 
 fn signed_by(svid: &X509Svid, root: &CertificateDer<'static>, at: SystemTime) -> bool {
-    verify_x509_svid(svid.chain(), &bundle_set(&td(), std::slice::from_ref(root)), at).is_ok()
+    verify_x509_svid(
+        svid.chain(),
+        &bundle_set(&td(), std::slice::from_ref(root)),
+        at,
+    )
+    .is_ok()
 }
 
 #[test]
@@ -423,4 +428,25 @@ fn hex_prefix(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[test]
+fn the_ca_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Ca>();
+    assert_send_sync::<mesh_core::ca::X509Issuer>();
+    assert_send_sync::<mesh_core::ca::JwtSigningKey>();
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(Ca::open(config(dir.path()), Arc::new(ManualClock::new(t0()))).unwrap());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let ca = Arc::clone(&ca);
+            std::thread::spawn(move || issue(&ca, &format!("/t{i}")))
+        })
+        .collect();
+    for h in handles {
+        let svid = h.join().unwrap();
+        verifies(&svid, &ca, t0()).unwrap();
+    }
 }

@@ -207,6 +207,16 @@ type Callback = Box<dyn Fn(u64) + Send + Sync>;
 /// The rotating CA of one trust domain.
 ///
 /// Share it with `Arc`; every method takes `&self`.
+///
+/// # Limitations
+///
+/// - Nothing stops two processes from opening the same data directory; both would rotate and
+///   overwrite each other's state file. Run one CA per directory.
+/// - If the configured upstream CA certificate changes, opening fails with
+///   [`CaError::ConfigMismatch`]: authorities made under the old one are not migrated, so the
+///   operator has to move the data directory away, which starts a new CA.
+/// - In direct mode the upstream certificate cannot be rotated here; when it expires, issuing
+///   fails with [`CaError::IssuerExpired`] until the team installs a new one.
 pub struct Ca {
     config: CaConfig,
     mode: CaMode,
@@ -648,6 +658,12 @@ impl Ca {
             }
         }
         .with_max_svid_ttl(self.config.max_svid_ttl);
+        if issuer.not_after() < now + self.config.ca_ttl {
+            tracing::warn!(
+                not_after = %x509::format_time(issuer.not_after()),
+                "the upstream CA expires before a full CA lifetime; new intermediates are cut short"
+            );
+        }
         let id = take_id(state);
         self.store
             .write_x509(id, issuer.full_chain(), issuer.key())?;
