@@ -626,3 +626,36 @@ fn csr_key_with_a_small_rsa_modulus_or_unsupported_curve_is_refused() {
     let svid = X509Svid::from_pem(&mesh_core::x509::certificates_to_pem(&chain), &key).unwrap();
     assert_accepted_everywhere(&svid, &[ca.root().clone()]);
 }
+
+#[test]
+fn an_old_team_root_without_key_usage_can_still_anchor_an_intermediate() {
+    let dir = tempfile::tempdir().unwrap();
+    make_team_root(
+        dir.path(),
+        Some("[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = ext\n[dn]\nO = Old Team\nCN = Old Root\n[ext]\nbasicConstraints = critical,CA:TRUE\nsubjectKeyIdentifier = hash\n"),
+    );
+    let roots = mesh_core::x509::certificates_from_pem(
+        &std::fs::read_to_string(dir.path().join("root.pem")).unwrap(),
+    )
+    .unwrap();
+    let upstream = UpstreamCa::from_files(
+        &dir.path().join("root.pem"),
+        &dir.path().join("root.key"),
+        None,
+    )
+    .unwrap();
+    let now = SystemTime::now();
+    let ours = upstream
+        .issuer(&td())
+        .unwrap()
+        .new_intermediate(
+            KeyPair::generate(KeyType::EcP256).unwrap(),
+            now,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let svid = ours
+        .issue_with_new_key(&request("/legacy"), KeyType::EcP256, now)
+        .unwrap();
+    assert_accepted_everywhere(&svid, &roots);
+}

@@ -36,6 +36,10 @@ pub const BACKDATE: Duration = Duration::from_secs(30);
 /// Smallest RSA modulus accepted in a leaf public key, in bits.
 const MIN_RSA_BITS: usize = 2048;
 
+/// Appended to a key error: how to convert the usual other key formats.
+const PKCS8_HINT: &str =
+    " (an `EC PRIVATE KEY` or `RSA PRIVATE KEY` file converts with `openssl pkcs8 -topk8 -nocrypt`)";
+
 /// Longest CSR accepted, in bytes; real ones are well under 4 KiB.
 const MAX_CSR_LEN: usize = 64 * 1024;
 
@@ -113,11 +117,8 @@ impl UpstreamCa {
                     .map_err(|e| CaError::InvalidCa(format!("CA chain: {e}")))?,
             );
         }
-        let key = KeyPair::from_pkcs8_pem(key_pem).map_err(|e| {
-            CaError::InvalidCa(format!(
-                "CA private key: {e} (an `EC PRIVATE KEY` or `RSA PRIVATE KEY` file converts with `openssl pkcs8 -topk8 -nocrypt`)"
-            ))
-        })?;
+        let key = KeyPair::from_pkcs8_pem(key_pem)
+            .map_err(|e| CaError::InvalidCa(format!("CA private key: {e}{PKCS8_HINT}")))?;
         Ok(Self { full_chain, key })
     }
 
@@ -133,27 +134,22 @@ impl UpstreamCa {
                 reason: e.to_string(),
             })
         };
-        let cert_pem = read(cert)?;
-        let key_pem = read(key)?;
-        let chain_pem = chain.map(read).transpose()?;
-        let full_chain = x509::certificates_from_pem(&cert_pem).map_err(|e| CaError::File {
-            path: cert.to_owned(),
-            reason: e.to_string(),
-        })?;
-        if let (Some(text), Some(path)) = (&chain_pem, chain) {
-            x509::certificates_from_pem(text).map_err(|e| CaError::File {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let file_error = |path: &Path, reason: String| CaError::File {
+            path: path.to_owned(),
+            reason,
+        };
+
+        let mut full_chain = x509::certificates_from_pem(&read(cert)?)
+            .map_err(|e| file_error(cert, e.to_string()))?;
+        if let Some(chain) = chain {
+            full_chain.extend(
+                x509::certificates_from_pem(&read(chain)?)
+                    .map_err(|e| file_error(chain, e.to_string()))?,
+            );
         }
-        KeyPair::from_pkcs8_pem(&key_pem).map_err(|e| CaError::File {
-            path: key.to_owned(),
-            reason: format!(
-                "{e} (an `EC PRIVATE KEY` or `RSA PRIVATE KEY` file converts with `openssl pkcs8 -topk8 -nocrypt`)"
-            ),
-        })?;
-        drop(full_chain);
-        Self::from_pem(&cert_pem, &key_pem, chain_pem.as_deref())
+        let key = KeyPair::from_pkcs8_pem(&read(key)?)
+            .map_err(|e| file_error(key, format!("{e}{PKCS8_HINT}")))?;
+        Ok(Self { full_chain, key })
     }
 
     /// The CA certificate.
@@ -285,8 +281,9 @@ impl X509Issuer {
     /// Builds an issuer from its certificate chain (signing certificate first, root last) and
     /// the signing certificate's key, checking everything a CA of `trust_domain` needs.
     ///
-    /// Checked: each certificate is a CA with keyCertSign; a SPIFFE ID on the signing
-    /// certificate is `trust_domain`'s own ID; each certificate is signed by the next; the
+    /// Checked: each certificate sent along with leaves (all but the root) is a CA with
+    /// keyCertSign per the SVID profile, and the root does not say otherwise; a SPIFFE ID on
+    /// the signing certificate is `trust_domain`'s own ID; each certificate is signed by the next; the
     /// last one is a self-signed root; the key belongs to the signing certificate; and the
     /// signing certificate's subject name can be written byte for byte into the issuer field
     /// of new certificates.
@@ -321,8 +318,27 @@ impl X509Issuer {
             .map(|(i, der)| x509::parse_cert(der, i).map_err(|e| invalid(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
 
-        for (position, cert) in parsed.iter().enumerate() {
+        // Certificates sent along with leaves follow the SVID profile for signing certificates.
+        // The root is never sent, and old team roots often lack keyUsage, so it only must not
+        // contradict being a CA.
+        let last = parsed.len() - 1;
+        for (position, cert) in parsed.iter().enumerate().take(last) {
             x509::check_signing_cert(cert, position).map_err(|e| invalid(e.to_string()))?;
+        }
+        if parsed[last]
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| !bc.value.ca)
+            || parsed[last]
+                .key_usage()
+                .ok()
+                .flatten()
+                .is_some_and(|ku| !ku.value.key_cert_sign())
+        {
+            return Err(invalid(
+                "the root of the CA chain is not a CA with keyCertSign".to_owned(),
+            ));
         }
         for uri in x509::uri_sans(&parsed[0], 0).map_err(|e| invalid(e.to_string()))? {
             if uri.starts_with("spiffe:") && uri != trust_domain.id_string() {
