@@ -6,8 +6,8 @@ import com.sun.net.httpserver.HttpsExchange;
 import com.sun.net.httpserver.HttpsParameters;
 import com.sun.net.httpserver.HttpsServer;
 import io.spiffe.bundle.jwtbundle.JwtBundleSet;
-import io.spiffe.provider.SpiffeSslContextFactory;
-import io.spiffe.provider.SpiffeSslContextFactory.SslContextOptions;
+import io.spiffe.provider.SpiffeKeyManager;
+import io.spiffe.provider.SpiffeTrustManager;
 import io.spiffe.spiffeid.SpiffeId;
 import io.spiffe.svid.jwtsvid.JwtSvid;
 import io.spiffe.workloadapi.DefaultWorkloadApiClient;
@@ -21,12 +21,14 @@ import java.security.cert.X509Certificate;
 import java.util.Set;
 import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicReference;
+import javax.net.ssl.KeyManager;
 import javax.net.ssl.SSLContext;
 import javax.net.ssl.SSLParameters;
 import javax.net.ssl.SSLSession;
+import javax.net.ssl.TrustManager;
 
 /**
- * HTTPS server with mutual TLS. Its SSLContext comes from java-spiffe: the key
+ * HTTPS server with mutual TLS. Its SSLContext is built from java-spiffe: the key
  * manager hands out the current X509-SVID of the source on every handshake and
  * the trust manager checks the client's chain against the current bundle and
  * its SPIFFE ID against ALLOWED_CLIENT_IDS, so rotation needs no restart.
@@ -59,11 +61,15 @@ public final class Server {
         Spiffe.log(WHO, "identity " + self + ", serial " + Spiffe.serial(source.getX509Svid().getLeaf()));
         Spiffe.logRotations(WHO, source);
 
-        SSLContext sslContext = SpiffeSslContextFactory.getSslContext(SslContextOptions.builder()
-                .x509Source(source)
-                .acceptedSpiffeIdsSupplier(() -> allowed)
-                .sslProtocol("TLS") // TLS 1.3 and 1.2; java-spiffe's default is TLSv1.2 only
-                .build());
+        // The same parts SpiffeSslContextFactory puts together (see Client), assembled
+        // by hand to log refused clients: the key manager presents the source's
+        // current SVID, the trust manager checks the chain against the current
+        // bundle and the client's ID against the allow-list, on every handshake.
+        SSLContext sslContext = SSLContext.getInstance("TLS"); // TLS 1.3 and 1.2
+        sslContext.init(
+                new KeyManager[] {new SpiffeKeyManager(source)},
+                new TrustManager[] {new LoggingTrustManager(new SpiffeTrustManager(source, () -> allowed), WHO)},
+                null);
 
         String audience = Spiffe.env("JWT_AUDIENCE", self.toString());
         WorkloadApiClient workloadApi = DefaultWorkloadApiClient.newClient(
