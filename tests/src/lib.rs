@@ -61,9 +61,16 @@ fn build_agent(profile_dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "mesh-agent", "--bin", "mesh-agent"])
-        .arg("--manifest-path")
-        .arg(manifest);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "mesh-agent",
+        "--bin",
+        "mesh-agent",
+    ])
+    .arg("--manifest-path")
+    .arg(manifest);
     if let (Some(profile), Some(target_dir)) = (
         profile_dir.file_name().and_then(|p| p.to_str()),
         profile_dir.parent(),
@@ -205,7 +212,7 @@ impl Agent {
     pub fn write_config(&self, config: &str) {
         let text = format!(
             "trust_domain = \"{TRUST_DOMAIN}\"\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n\
-             admin_addr = \"127.0.0.1:0\"\nlog_format = \"json\"\nlog_level = \"info\"\n{config}",
+             admin_addr = \"127.0.0.1:0\"\nlog_format = \"json\"\nlog_level = \"info,mesh_agent::reload=debug\"\n{config}",
             self.socket.display(),
             self.data_dir.display(),
         );
@@ -322,6 +329,19 @@ impl Agent {
         &self.config_path
     }
 
+    /// The 1-based line of the config file that contains `needle`.
+    ///
+    /// # Panics
+    ///
+    /// If no line does.
+    pub fn config_line_of(&self, needle: &str) -> usize {
+        let text = fs::read_to_string(&self.config_path).expect("cannot read the config file");
+        text.lines()
+            .position(|line| line.contains(needle))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("no line of the config file contains `{needle}`"))
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -423,6 +443,28 @@ impl Drop for Agent {
             );
         }
     }
+}
+
+/// The value of the metric line that starts with `series ` (name plus labels), if any.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until the agent's `/metrics` shows `series` with a value that satisfies `ok`, and
+/// returns the value.
+///
+/// # Panics
+///
+/// If it does not within [`EVENT_TIMEOUT`].
+pub fn wait_for_metric(agent: &Agent, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let mut last = None;
+    wait_until(&format!("metric {series}"), || {
+        last = metric(&agent.admin_get("/metrics").1, series);
+        last.is_some_and(&ok)
+    });
+    last.expect("wait_until returned, so the metric was present")
 }
 
 /// A minimal HTTP/1.1 `GET`; returns the status and body.

@@ -1,0 +1,257 @@
+//! What open Workload API streams receive while the agent runs: renewed SVIDs, and the
+//! identities that follow edits of the config file (polled, or on SIGHUP).
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use futures::{Stream, StreamExt};
+use mesh_core::x509::verify_x509_svid;
+use mesh_core::{Bundle, BundleSet, TrustDomain};
+use mesh_e2e::{current_uid, Agent, EVENT_TIMEOUT, TRUST_DOMAIN};
+use rustls_pki_types::CertificateDer;
+use spiffe::{WorkloadApiClient, WorkloadApiError, X509Context, X509Source, X509Svid};
+use x509_parser::prelude::FromDer;
+
+type ContextStream = Pin<Box<dyn Stream<Item = Result<X509Context, WorkloadApiError>> + Send>>;
+
+const FIRST: &str = "spiffe://example.org/billing/api";
+const SECOND: &str = "spiffe://example.org/billing/admin";
+const THIRD: &str = "spiffe://example.org/billing/batch";
+
+/// An entry for the test process (whatever uid it runs as), with an optional hint.
+fn entry(id: &str, hint: Option<&str>) -> String {
+    let hint = hint.map_or_else(String::new, |h| format!("hint = \"{h}\"\n"));
+    format!(
+        "[[entries]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:uid:{}\"]\n{hint}",
+        current_uid()
+    )
+}
+
+async fn open_stream(agent: &Agent) -> (WorkloadApiClient, ContextStream) {
+    let client = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        WorkloadApiClient::connect_to(agent.endpoint()),
+    )
+    .await
+    .expect("connecting timed out")
+    .expect("cannot connect to the agent");
+    let stream = client
+        .stream_x509_contexts()
+        .await
+        .expect("open an X.509 context stream");
+    (client, Box::pin(stream))
+}
+
+/// The next context on `stream`, waiting at most [`EVENT_TIMEOUT`].
+async fn next_context(stream: &mut ContextStream, what: &str) -> X509Context {
+    tokio::time::timeout(EVENT_TIMEOUT, stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("the stream ended while waiting for {what}"))
+        .unwrap_or_else(|e| panic!("the stream failed while waiting for {what}: {e}"))
+}
+
+fn ids(context: &X509Context) -> Vec<String> {
+    context
+        .svids()
+        .iter()
+        .map(|s| s.spiffe_id().to_string())
+        .collect()
+}
+
+fn serial(svid: &X509Svid) -> Vec<u8> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(svid.leaf().as_bytes())
+        .expect("the leaf parses");
+    cert.raw_serial().to_vec()
+}
+
+fn not_after(svid: &X509Svid) -> i64 {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(svid.leaf().as_bytes())
+        .expect("the leaf parses");
+    cert.validity().not_after.timestamp()
+}
+
+fn verifies(svid: &X509Svid, context: &X509Context) {
+    let td = spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap();
+    let served = context
+        .bundle_set()
+        .get(&td)
+        .expect("the context has the trust domain's bundle");
+    let mut bundle = Bundle::new(TrustDomain::new(TRUST_DOMAIN).unwrap());
+    for cert in served.authorities() {
+        bundle.add_x509_authority(CertificateDer::from(cert.as_bytes().to_vec()));
+    }
+    let bundles: BundleSet = std::iter::once(bundle).collect();
+    let chain: Vec<CertificateDer<'static>> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+        .collect();
+    verify_x509_svid(&chain, &bundles, SystemTime::now()).expect("the SVID verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_svid_reaches_open_streams_and_x509_sources() {
+    let agent = Agent::start(&format!("svid_ttl = \"4s\"\n{}", entry(FIRST, None)));
+    let (_client, mut stream) = open_stream(&agent).await;
+    let source = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        X509Source::builder().endpoint(agent.endpoint()).build(),
+    )
+    .await
+    .expect("the X509Source timed out starting")
+    .expect("the X509Source starts");
+    let mut source_updates = source.updated();
+
+    let first = next_context(&mut stream, "the first context").await;
+    let first_svid = first.default_svid().expect("a default SVID").clone();
+    let from_source = source.svid().expect("the source has an SVID");
+
+    let renewed = loop {
+        let context = next_context(&mut stream, "a renewed SVID").await;
+        let svid = context.default_svid().expect("a default SVID").clone();
+        if serial(&svid) != serial(&first_svid) {
+            break (context, svid);
+        }
+    };
+    let (context, svid) = renewed;
+    assert_eq!(svid.spiffe_id().to_string(), FIRST);
+    assert!(not_after(&svid) > not_after(&first_svid));
+    verifies(&svid, &context);
+
+    // The crate's own source follows the same renewals.
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            if serial(&source.svid().expect("the source has an SVID")) != serial(&from_source) {
+                break;
+            }
+            source_updates
+                .changed()
+                .await
+                .expect("the source keeps running");
+        }
+    })
+    .await
+    .expect("timed out waiting for the X509Source to take up a renewed SVID");
+
+    let renewals = mesh_e2e::wait_for_metric(&agent, "svid_renewals_total", |v| v >= 1.0);
+    assert!(renewals >= 1.0);
+    source.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_follow_entries_added_to_and_removed_from_the_config_file() {
+    let mut agent = Agent::start(&entry(FIRST, None));
+    let (client, mut stream) = open_stream(&agent).await;
+    let first = next_context(&mut stream, "the first context").await;
+    assert_eq!(ids(&first), [FIRST]);
+
+    let mark = agent.log_len();
+    agent.write_config(&format!(
+        "{}{}",
+        entry(FIRST, None),
+        entry(SECOND, Some("admin"))
+    ));
+    let both = next_context(&mut stream, "the added identity").await;
+    assert_eq!(ids(&both), [FIRST, SECOND]);
+    assert_eq!(both.svids()[1].hint(), Some("admin"));
+    // The identity that was there keeps its SVID.
+    assert_eq!(both.svids()[0].leaf(), first.svids()[0].leaf());
+    verifies(&both.svids()[1], &both);
+    agent.wait_for_log(mark, "the reload to be logged", |line| {
+        line["message"] == "registration entries reloaded" && line["reason"] == "file changed"
+    });
+
+    // A fresh fetch agrees with the stream.
+    let fetched = client.fetch_x509_context().await.expect("fetch");
+    assert_eq!(ids(&fetched), [FIRST, SECOND]);
+
+    agent.write_config(&entry(FIRST, None));
+    let one = next_context(&mut stream, "the removed identity to go").await;
+    assert_eq!(ids(&one), [FIRST]);
+    assert_eq!(one.svids()[0].leaf(), first.svids()[0].leaf());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let mut agent = Agent::start(&entry(FIRST, None));
+    let (_client, mut stream) = open_stream(&agent).await;
+    assert_eq!(
+        ids(&next_context(&mut stream, "the first context").await),
+        [FIRST]
+    );
+
+    // A SIGHUP with nothing changed reloads (and the agent survives it).
+    let mark = agent.log_len();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_log(mark, "a reload caused by SIGHUP", |line| {
+        line["reason"] == "SIGHUP"
+    });
+
+    // A SIGHUP right after an edit applies it.
+    agent.write_config(&format!(
+        "{}{}",
+        entry(FIRST, None),
+        entry(SECOND, Some("admin"))
+    ));
+    agent.signal(libc::SIGHUP);
+    let both = next_context(&mut stream, "the identity added before SIGHUP").await;
+    assert_eq!(ids(&both), [FIRST, SECOND]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_file_keeps_the_previous_entries_in_force() {
+    let mut agent = Agent::start(&entry(FIRST, None));
+    let (client, mut stream) = open_stream(&agent).await;
+    let first = next_context(&mut stream, "the first context").await;
+    assert_eq!(ids(&first), [FIRST]);
+
+    // An entry with a bad SPIFFE ID: the file parses but fails validation.
+    let mark = agent.log_len();
+    agent.write_config(&format!(
+        "{}{}",
+        entry(FIRST, None),
+        entry("spiffe://example.org/bad path", None)
+    ));
+    let line = agent.config_line_of("bad path");
+    let at = format!("{}:{line}:", agent.config_path().display());
+    let logged = agent.wait_for_log(mark, "the rejected entry to be logged", |l| {
+        l["level"] == "ERROR" && l["problem"].as_str().is_some_and(|p| p.starts_with(&at))
+    });
+    assert!(
+        logged["problem"].as_str().unwrap().contains("bad path"),
+        "{logged}"
+    );
+
+    // A file that is not even TOML.
+    let mark = agent.log_len();
+    agent.write_config(&format!("{}[[entries]\n", entry(FIRST, None)));
+    let text = std::fs::read_to_string(agent.config_path()).unwrap();
+    let broken = text
+        .lines()
+        .position(|l| l == "[[entries]")
+        .expect("the broken header is in the file")
+        + 1;
+    let at = format!("{}:{broken}:", agent.config_path().display());
+    agent.wait_for_log(mark, "the syntax error to be logged", |l| {
+        l["level"] == "ERROR"
+            && l.to_string().contains(&at)
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("previous entries stay in force"))
+    });
+
+    // The old entries still serve new callers…
+    let fetched = client
+        .fetch_x509_context()
+        .await
+        .expect("fetch still works");
+    assert_eq!(ids(&fetched), [FIRST]);
+    assert_eq!(fetched.svids()[0].leaf(), first.svids()[0].leaf());
+
+    // …and the open stream sent nothing for the bad files: its next message is the next
+    // valid file.
+    agent.write_config(&format!("{}{}", entry(FIRST, None), entry(THIRD, None)));
+    let next = next_context(&mut stream, "the next valid file").await;
+    assert_eq!(ids(&next), [FIRST, THIRD]);
+}
