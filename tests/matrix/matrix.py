@@ -244,7 +244,7 @@ class Harness:
             lines += ["", "[[entries]]", f'spiffe_id = "{spiffe_id}"', f'selectors = ["unix:uid:{uid}"]']
         config.write_text("\n".join(lines) + "\n")
         proc = self.start(name, [str(self.agent_bin), "run", "--config", str(config)],
-                          env={**os.environ, "RUST_LOG": os.environ.get("MATRIX_AGENT_LOG", "info")})
+                          env={**os.environ, "NO_COLOR": "1"})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if proc.popen.poll() is not None:
