@@ -75,10 +75,9 @@ public final class Client {
         HttpsURLConnection conn = null;
         try {
             conn = (HttpsURLConnection) new URL(url).openConnection();
+            // No HostnameVerifier needed: the SPIFFE trust manager takes the place of
+            // the JDK's host name check and verifies the server's SPIFFE ID instead.
             conn.setSSLSocketFactory(factory);
-            // The server is identified by the SPIFFE ID in its URI SAN, which the
-            // trust manager has already checked; there is no DNS name to verify.
-            conn.setHostnameVerifier((host, session) -> true);
             conn.setConnectTimeout(10000);
             conn.setReadTimeout(10000);
             conn.connect();
