@@ -360,6 +360,8 @@ class Harness:
                 self.as_uid(app.uid + 1, app.client + [urls[s.name] for s in active]),
                 env=env, cwd=str(app.cwd) if app.cwd else None, stdout=out, stderr=err,
                 stdin=subprocess.DEVNULL)
+            self.procs.append(Proc(f"{app.name}-client", running[app.name],
+                                   self.work / "logs" / f"{app.name}-client.stderr.log"))
         keepalive = None
         node = next((a for a in active if a.name == "node"), None)
         if node:
@@ -375,6 +377,8 @@ class Harness:
                 stdout=open(self.work / "logs" / "node-keepalive.jsonl", "wb"),
                 stderr=open(self.work / "logs" / "node-keepalive.stderr.log", "wb"),
                 stdin=subprocess.DEVNULL)
+            self.procs.append(Proc("node-keepalive", keepalive,
+                                   self.work / "logs" / "node-keepalive.stderr.log"))
         mesh: dict[tuple[str, str], list[dict]] = {}
         for name, popen in running.items():
             try:
