@@ -23,6 +23,9 @@ pub const TRUST_DOMAIN: &str = "example.org";
 /// Longest any test waits for an event (an agent start, a log line, a stream update).
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many of the agent's last log lines a failing test prints.
+const LOG_LINES_ON_FAILURE: usize = 200;
+
 /// Set to skip the `cargo build -p mesh-agent` the harness runs once per test binary, and use
 /// whatever binary is in the target directory.
 pub const NO_BUILD_ENV: &str = "MESH_E2E_NO_BUILD";
@@ -149,7 +152,8 @@ pub fn signal_pid(pid: u32, signal: i32) {
 
 /// One running (or stopped) agent in its own temporary directory.
 ///
-/// Dropping it kills the agent; if the test is failing, the agent's log is printed first.
+/// Dropping it kills the agent; if the test is failing, the end of the agent's log is printed
+/// first.
 pub struct Agent {
     dir: TempDir,
     config_path: PathBuf,
@@ -286,10 +290,8 @@ impl Agent {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "the agent did not exit within {EVENT_TIMEOUT:?} of SIGTERM; log:\n{}",
-                    self.log()
-                );
+                // The guard's drop prints the log.
+                panic!("the agent did not exit within {EVENT_TIMEOUT:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -404,16 +406,12 @@ impl Agent {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.child = None;
-                    panic!(
-                        "mesh-agent exited ({status}) while waiting for {what}; log:\n{}",
-                        self.log()
-                    );
+                    panic!("mesh-agent exited ({status}) while waiting for {what}");
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out after {EVENT_TIMEOUT:?} waiting for {what}; log:\n{}",
-                self.log()
+                "timed out after {EVENT_TIMEOUT:?} waiting for {what}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -436,10 +434,15 @@ impl Drop for Agent {
             let _ = child.wait();
         }
         if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let shown = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
             eprintln!(
-                "---- mesh-agent log ({}) ----\n{}",
+                "---- mesh-agent log ({}, last {} of {} lines) ----\n{}",
                 self.log_path.display(),
-                self.log()
+                shown.len(),
+                lines.len(),
+                shown.join("\n")
             );
         }
     }

@@ -255,3 +255,71 @@ async fn invalid_config_file_keeps_the_previous_entries_in_force() {
     let next = next_context(&mut stream, "the next valid file").await;
     assert_eq!(ids(&next), [FIRST, THIRD]);
 }
+
+/// The CA certificate of `context`'s bundle that signed `svid`.
+fn signer(svid: &X509Svid, context: &X509Context) -> Vec<u8> {
+    let td = spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap();
+    let served = context
+        .bundle_set()
+        .get(&td)
+        .expect("the context has the trust domain's bundle");
+    let chain: Vec<CertificateDer<'static>> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+        .collect();
+    served
+        .authorities()
+        .iter()
+        .find(|ca| {
+            let mut bundle = Bundle::new(TrustDomain::new(TRUST_DOMAIN).unwrap());
+            bundle.add_x509_authority(CertificateDer::from(ca.as_bytes().to_vec()));
+            let one: BundleSet = std::iter::once(bundle).collect();
+            verify_x509_svid(&chain, &one, SystemTime::now()).is_ok()
+        })
+        .map(|ca| ca.as_bytes().to_vec())
+        .expect("some CA of the served bundle signed the SVID")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rotation_reaches_streams_with_svids_of_the_new_authority() {
+    let agent = Agent::start(&format!(
+        "ca_ttl = \"12s\"\nsvid_ttl = \"10s\"\njwt_ttl = \"10s\"\n{}",
+        entry(FIRST, None)
+    ));
+    let (_client, mut stream) = open_stream(&agent).await;
+    let first = next_context(&mut stream, "the first context").await;
+    let first_signer = signer(first.default_svid().unwrap(), &first);
+
+    loop {
+        let context = next_context(&mut stream, "an SVID signed by a new CA").await;
+        let svid = context.default_svid().expect("a default SVID");
+        assert_eq!(svid.spiffe_id().to_string(), FIRST);
+        verifies(svid, &context);
+        if signer(svid, &context) != first_signer {
+            break;
+        }
+    }
+}
+
+#[test]
+fn ca_with_a_six_second_ttl_hands_over_at_most_once_in_its_first_seconds() {
+    // A CA that lives 6 s should prepare its successor after about 3 s and hand over after
+    // about 5 s, so in the first 2 s after start the agent activates one authority: the first.
+    let mut agent = Agent::start(&format!(
+        "ca_ttl = \"6s\"\nsvid_ttl = \"1s\"\njwt_ttl = \"1s\"\n{}",
+        entry(FIRST, None)
+    ));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let activated = agent
+        .log_lines_since(0)
+        .iter()
+        .filter(|l| l["message"] == "X.509 authority activated")
+        .count();
+    let status = agent.stop();
+    assert!(
+        activated <= 2,
+        "{activated} X.509 authorities were activated in about 2 s of a 6 s CA"
+    );
+    assert!(status.success());
+}
