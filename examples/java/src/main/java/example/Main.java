@@ -10,13 +10,20 @@ public final class Main {
             System.exit(2);
         }
         String[] rest = java.util.Arrays.copyOfRange(args, 1, args.length);
-        switch (args[0]) {
-            case "server" -> Server.main(rest);
-            case "client" -> Client.main(rest);
-            default -> {
-                System.err.println("unknown command " + args[0] + ": use server or client");
-                System.exit(2);
+        try {
+            switch (args[0]) {
+                case "server" -> Server.main(rest);
+                case "client" -> Client.main(rest);
+                default -> {
+                    System.err.println("unknown command " + args[0] + ": use server or client");
+                    System.exit(2);
+                }
             }
+        } catch (Exception e) {
+            // The Workload API client keeps non-daemon threads: without an explicit
+            // exit a failed start-up would leave a JVM that serves nothing.
+            e.printStackTrace();
+            System.exit(2);
         }
     }
 }
