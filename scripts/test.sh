@@ -25,3 +25,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+
+echo "== cross-language mtls matrix (Java, NodeJS, Go, Python clients against the real agent)"
+bash "$root/tests/matrix/run.sh"
