@@ -287,19 +287,46 @@ async fn ca_rotation_reaches_streams_with_svids_of_the_new_authority() {
         "ca_ttl = \"12s\"\nsvid_ttl = \"10s\"\njwt_ttl = \"10s\"\n{}",
         entry(FIRST, None)
     ));
-    let (_client, mut stream) = open_stream(&agent).await;
+    let (client, mut stream) = open_stream(&agent).await;
+    let mut bundles = client
+        .stream_x509_bundles()
+        .await
+        .expect("open an X.509 bundle stream");
     let first = next_context(&mut stream, "the first context").await;
     let first_signer = signer(first.default_svid().unwrap(), &first);
 
-    loop {
+    let new_signer = loop {
         let context = next_context(&mut stream, "an SVID signed by a new CA").await;
         let svid = context.default_svid().expect("a default SVID");
         assert_eq!(svid.spiffe_id().to_string(), FIRST);
         verifies(svid, &context);
-        if signer(svid, &context) != first_signer {
-            break;
+        let signer = signer(svid, &context);
+        if signer != first_signer {
+            break signer;
         }
-    }
+    };
+
+    // The bundle stream carries the new authority too.
+    let td = spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap();
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            let set = bundles
+                .next()
+                .await
+                .expect("the bundle stream stays open")
+                .expect("bundle updates are valid");
+            let bundle = set.get(&td).expect("the trust domain's bundle is served");
+            if bundle
+                .authorities()
+                .iter()
+                .any(|ca| ca.as_bytes() == new_signer.as_slice())
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for the bundle stream to carry the new CA");
 }
 
 #[test]

@@ -347,3 +347,29 @@ async fn metrics_count_calls_by_method_and_code_and_track_open_streams() {
         metric(&agent.admin_get("/metrics").1, "open_streams") == Some(0.0)
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_source_mints_tokens_that_validate_against_its_own_bundles() {
+    let id = "spiffe://example.org/billing/api";
+    let agent = Agent::start(&one_entry(id));
+    let source = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        spiffe::JwtSource::builder()
+            .endpoint(agent.endpoint())
+            .build(),
+    )
+    .await
+    .expect("the JwtSource timed out starting")
+    .expect("the JwtSource starts");
+
+    let svid = source
+        .fetch_jwt_svid(["billing"])
+        .await
+        .expect("the source fetches a JWT-SVID");
+    assert_eq!(svid.spiffe_id().to_string(), id);
+    let bundles = source.bundle_set().expect("the source holds JWT bundles");
+    let local = JwtSvid::parse_and_validate(svid.token(), &*bundles, &["billing"])
+        .expect("the token validates against the source's bundles");
+    assert_eq!(local.spiffe_id().to_string(), id);
+    source.shutdown().await;
+}
