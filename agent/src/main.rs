@@ -141,7 +141,6 @@ fn run_agent(args: &ConfigArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "mesh-agent failed");
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }

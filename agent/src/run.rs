@@ -24,6 +24,8 @@ use crate::workload::AgentProvider;
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// Why the agent could not start or stopped with an error.
+///
+/// Every variant names what was wrong and where.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
@@ -37,6 +39,15 @@ pub enum RunError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// Someone else could replace the socket: its directory is writable by other users or
+    /// owned by another user.
+    #[error("socket directory {path} is unsafe: {reason}; it must be owned by this user and writable by no one else")]
+    UnsafeSocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The CA could not be opened.
     #[error("cannot open the CA in {dir}: {source}")]
@@ -254,6 +265,7 @@ fn lock_socket(socket: &Path) -> Result<File, RunError> {
                 .create(dir)
                 .map_err(dir_error(dir))?;
         }
+        check_socket_dir(dir)?;
     }
     let mut lock_path = socket.as_os_str().to_owned();
     lock_path.push(".lock");
@@ -272,4 +284,27 @@ fn lock_socket(socket: &Path) -> Result<File, RunError> {
             source,
         }),
     }
+}
+
+/// Refuses a socket directory in which another user could swap the socket for their own.
+fn check_socket_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::MetadataExt;
+
+    let meta = std::fs::metadata(dir).map_err(|source| RunError::SocketDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let unsafe_dir = |reason: String| RunError::UnsafeSocketDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!("owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!("mode {:o}", meta.mode() & 0o7777)));
+    }
+    Ok(())
 }
