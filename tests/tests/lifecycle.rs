@@ -173,3 +173,50 @@ async fn healthcheck_reports_ready_while_the_agent_runs() {
         "a stopped agent is not healthy: {out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_starts_over_the_socket_left_by_a_killed_agent() {
+    let mut agent = Agent::start(&one_entry());
+    agent.signal(libc::SIGKILL);
+    agent.stop();
+    assert!(
+        agent.socket().exists(),
+        "a killed agent cannot remove its socket; this test needs it left behind"
+    );
+
+    agent.spawn();
+    let svid = client(&agent)
+        .await
+        .fetch_x509_svid()
+        .await
+        .expect("the restarted agent serves on the old path");
+    assert_eq!(svid.spiffe_id().to_string(), ID);
+}
+
+#[test]
+fn agent_refuses_an_invalid_config_file_naming_the_line() {
+    let agent = Agent::create(
+        "svid_ttl = \"soon\"\n[[entries]]\nspiffe_id = \"spiffe://example.org/a\"\n\
+         selectors = [\"unix:uid:0\"]\n",
+    );
+    let line = agent.config_line_of("svid_ttl");
+
+    let out = output_within(agent.run_command(), EVENT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent started with a bad config");
+    assert!(
+        stderr.contains(&format!("{}:{line}:", agent.config_path().display())),
+        "the error names the file and line: {stderr}"
+    );
+    assert!(
+        stderr.contains("soon"),
+        "the error quotes the value: {stderr}"
+    );
+    assert!(!agent.socket().exists(), "nothing was served");
+
+    let mut check = mesh_e2e::mesh_agent();
+    check.arg("check-config").arg(agent.config_path());
+    let out = output_within(check, EVENT_TIMEOUT);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!(":{line}:")));
+}

@@ -350,3 +350,51 @@ fn ca_with_a_six_second_ttl_hands_over_at_most_once_in_its_first_seconds() {
     );
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_ends_with_no_identity_when_the_last_entry_of_a_caller_goes() {
+    let agent = Agent::start(&entry(FIRST, None));
+    let (client, mut stream) = open_stream(&agent).await;
+    assert_eq!(
+        ids(&next_context(&mut stream, "the first context").await),
+        [FIRST]
+    );
+
+    agent.write_config(
+        "[[entries]]\nspiffe_id = \"spiffe://example.org/someone/else\"\n\
+         selectors = [\"unix:uid:4242\"]\n",
+    );
+    let end = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
+        .await
+        .expect("timed out waiting for the stream to react to the removal");
+    match end {
+        Some(Err(WorkloadApiError::NoIdentityIssued)) => {}
+        Some(Err(other)) => panic!("the stream ended with {other:?}, not no identity issued"),
+        Some(Ok(context)) => panic!("the stream still sends {:?}", ids(&context)),
+        None => panic!("the stream ended with status OK"),
+    }
+    let error = client
+        .fetch_x509_svid()
+        .await
+        .expect_err("no identity any more");
+    assert!(
+        matches!(error, WorkloadApiError::NoIdentityIssued),
+        "{error:?}"
+    );
+
+    // Putting the entry back gives the caller an identity again.
+    agent.write_config(&entry(FIRST, None));
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            match client.fetch_x509_svid().await {
+                Ok(svid) => break svid,
+                Err(WorkloadApiError::NoIdentityIssued) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("unexpected error {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for the entry to come back");
+}

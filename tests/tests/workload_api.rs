@@ -373,3 +373,46 @@ async fn jwt_source_mints_tokens_that_validate_against_its_own_bundles() {
     assert_eq!(local.spiffe_id().to_string(), id);
     source.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_ttl_and_dns_names_shape_the_issued_svid() {
+    use x509_parser::prelude::{FromDer, GeneralName};
+
+    let agent = Agent::start(&format!(
+        "[[entries]]\nspiffe_id = \"spiffe://example.org/db\"\nselectors = [\"unix:uid:{}\"]\n\
+         ttl = \"2m\"\ndns_names = [\"db.internal\", \"db\"]\nhint = \"database\"\n",
+        current_uid()
+    ));
+    let client = client(&agent).await;
+    let before = SystemTime::now();
+    let svid = client.fetch_x509_svid().await.expect("fetch");
+    assert_eq!(svid.hint(), Some("database"));
+
+    let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(svid.leaf().as_bytes())
+        .expect("the leaf parses");
+    let not_after = u64::try_from(leaf.validity().not_after.timestamp()).unwrap();
+    let now = before
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Issued at most a few seconds before the fetch, for two minutes.
+    assert!(
+        not_after <= now + 121 && not_after + 30 >= now + 120,
+        "not_after {not_after} is not about two minutes after {now}"
+    );
+    let san = leaf
+        .subject_alternative_name()
+        .expect("the SAN parses")
+        .expect("the leaf has a SAN");
+    let mut dns: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        })
+        .collect();
+    dns.sort_unstable();
+    assert_eq!(dns, ["db", "db.internal"]);
+}
