@@ -879,4 +879,41 @@ expect_trust_domain = "example.org"
         );
         assert!(problems("socket_path = \"/a\"\n")[0].contains("no [[inbound]] or [[outbound]]"));
     }
+
+    /// The `proxy.toml: |` blocks of a manifest, dedented.
+    fn embedded_proxy_configs(manifest: &str) -> Vec<String> {
+        let lines: Vec<&str> = manifest.lines().collect();
+        let mut blocks = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim() != "proxy.toml: |" {
+                continue;
+            }
+            let indent = line.len() - line.trim_start().len() + 2;
+            let block: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+                .map(|l| l.get(indent..).unwrap_or(""))
+                .collect();
+            blocks.push(block.join("\n"));
+        }
+        blocks
+    }
+
+    #[test]
+    fn deploy_manifests_carry_valid_proxy_configs() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut checked = 0;
+        for name in ["java-app.yaml", "node-app.yaml"] {
+            let path = deploy.join(name);
+            let manifest = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            for text in embedded_proxy_configs(&manifest) {
+                let config = ProxyConfig::from_toml(&text, &path)
+                    .unwrap_or_else(|e| panic!("proxy config in {name} is invalid:\n{e}"));
+                assert!(!config.inbound.is_empty() && !config.outbound.is_empty());
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2, "expected one proxy config per app manifest");
+    }
 }
