@@ -16,6 +16,7 @@ pub mod header;
 pub mod proto;
 pub mod provider;
 pub mod server;
+pub mod source;
 
 pub use client::{ClientError, WorkloadApiClient};
 pub use endpoint::{Endpoint, EndpointError};
