@@ -398,3 +398,29 @@ async fn stream_ends_with_no_identity_when_the_last_entry_of_a_caller_goes() {
     .await
     .expect("timed out waiting for the entry to come back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_added_by_a_reload_gets_the_ttl_it_asks_for() {
+    // Started with the default SVID TTL (1 h) and no longer entry TTL.
+    let agent = Agent::start(&entry(FIRST, None));
+    let (_client, mut stream) = open_stream(&agent).await;
+    next_context(&mut stream, "the first context").await;
+
+    agent.write_config(&format!(
+        "{}{}ttl = \"3h\"\n",
+        entry(FIRST, None),
+        entry(SECOND, None)
+    ));
+    let both = next_context(&mut stream, "the added identity").await;
+    assert_eq!(ids(&both), [FIRST, SECOND]);
+
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let lives = not_after(&both.svids()[1]) - i64::try_from(now).unwrap();
+    assert!(
+        lives > 2 * 3600 + 3000,
+        "an entry added with ttl = \"3h\" got an SVID that lives {lives} s"
+    );
+}
