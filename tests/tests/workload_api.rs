@@ -416,3 +416,67 @@ async fn entry_ttl_and_dns_names_shape_the_issued_svid() {
     dns.sort_unstable();
     assert_eq!(dns, ["db", "db.internal"]);
 }
+
+/// `message` with the security header set.
+fn with_header<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_requests_missing_an_audience_or_a_token_are_invalid_arguments() {
+    use workload_api::proto::{JwtsvidRequest, ValidateJwtsvidRequest};
+
+    let agent = Agent::start(&one_entry("spiffe://example.org/billing/api"));
+    let mut raw = SpiffeWorkloadApiClient::new(raw_channel(&agent).await);
+
+    let status = raw
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec![],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .expect_err("no audience");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    let status = raw
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec!["billing".to_owned()],
+            spiffe_id: "not a spiffe id".to_owned(),
+        }))
+        .await
+        .expect_err("a malformed SPIFFE ID");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    let status = raw
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "billing".to_owned(),
+            svid: String::new(),
+        }))
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    let status = raw
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: String::new(),
+            svid: "a.b.c".to_owned(),
+        }))
+        .await
+        .expect_err("no audience");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    // A well-formed request on the same channel succeeds.
+    let response = raw
+        .fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec!["billing".to_owned()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .expect("a JWT-SVID")
+        .into_inner();
+    assert_eq!(response.svids.len(), 1);
+}
