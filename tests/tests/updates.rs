@@ -424,3 +424,24 @@ async fn entry_added_by_a_reload_gets_the_ttl_it_asks_for() {
         "an entry added with ttl = \"3h\" got an SVID that lives {lives} s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_follow_a_switch_between_entries_and_the_uid_template() {
+    let agent = Agent::start(&entry(FIRST, None));
+    let (_client, mut stream) = open_stream(&agent).await;
+    assert_eq!(
+        ids(&next_context(&mut stream, "the first context").await),
+        [FIRST]
+    );
+    let templated = format!("spiffe://example.org/unix/uid/{}", current_uid());
+
+    // No `entries` key at all: every user gets the identity of its uid.
+    agent.write_config("");
+    let context = next_context(&mut stream, "the uid template identity").await;
+    assert_eq!(ids(&context), [templated.as_str()]);
+    verifies(&context.svids()[0], &context);
+
+    agent.write_config(&entry(FIRST, None));
+    let context = next_context(&mut stream, "the entry to be back").await;
+    assert_eq!(ids(&context), [FIRST]);
+}
