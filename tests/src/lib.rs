@@ -4,6 +4,12 @@
 //!
 //! Every wait is bounded by [`EVENT_TIMEOUT`], which is generous: the tests check that things
 //! happen, never how fast.
+//!
+//! Running them: `cargo test -p mesh-e2e` as root (some tests switch uids), with `openssl` on
+//! the path and `MESH_TEST_PYTHON` naming a Python that has py-spiffe; `scripts/setup.sh`
+//! installs both and `scripts/test.sh` sets the variable. The harness runs
+//! `cargo build -p mesh-agent` once per test binary so the agent under test is never stale;
+//! set `MESH_E2E_NO_BUILD=1` to use the binary already in the target directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};

@@ -13,6 +13,12 @@ const PYTHON_ENV: &str = "MESH_TEST_PYTHON";
 
 /// Runs `mesh-agent api …args` against `agent` as `uid` (with the same gid).
 fn api_as(agent: &Agent, uid: u32, args: &[&str]) -> Output {
+    api_as_group(agent, uid, uid, args)
+}
+
+/// Runs `mesh-agent api …args` against `agent` as `uid` and `gid`, with no supplementary
+/// groups.
+fn api_as_group(agent: &Agent, uid: u32, gid: u32, args: &[&str]) -> Output {
     let mut cmd = mesh_agent();
     cmd.arg("api")
         .args(args)
@@ -20,7 +26,7 @@ fn api_as(agent: &Agent, uid: u32, args: &[&str]) -> Output {
         .arg(agent.socket())
         .current_dir("/")
         .uid(uid)
-        .gid(uid);
+        .gid(gid);
     output_within(cmd, EVENT_TIMEOUT)
 }
 
@@ -195,6 +201,36 @@ fn cli_writes_pem_files_that_openssl_verifies_and_validates_tokens() {
         !out.status.success(),
         "a token for another audience is valid"
     );
+}
+
+#[test]
+fn entry_matches_only_when_every_selector_is_present() {
+    assert_eq!(
+        current_uid(),
+        0,
+        "this test switches uids and must run as root"
+    );
+    let both = "spiffe://example.org/batch/reports";
+    let group = "spiffe://example.org/batch";
+    let agent = Agent::start(&format!(
+        "[[entries]]\nspiffe_id = \"{both}\"\nselectors = [\"unix:uid:2005\", \"unix:gid:3003\"]\n\
+         [[entries]]\nspiffe_id = \"{group}\"\nselectors = [\"unix:gid:3003\"]\n"
+    ));
+
+    // Both selectors: both entries, in file order.
+    let out = api_as_group(&agent, 2005, 3003, &["fetch", "x509"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(printed_ids(&out), [both, group]);
+
+    // The group alone: only the group's entry.
+    let out = api_as_group(&agent, 2006, 3003, &["fetch", "x509"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(printed_ids(&out), [group]);
+
+    // The uid alone: nothing.
+    let out = api_as_group(&agent, 2005, 3004, &["fetch", "x509"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no identity issued"));
 }
 
 /// A child process that lives until killed.
