@@ -231,17 +231,6 @@ impl Agent {
         fs::rename(&tmp, &self.config_path).expect("cannot replace the config file");
     }
 
-    /// Writes `text` as the whole config file, as is (for files the agent must reject).
-    ///
-    /// # Panics
-    ///
-    /// If the file cannot be written.
-    pub fn write_raw_config(&self, text: &str) {
-        let tmp = self.dir.path().join(".agent.toml.tmp");
-        fs::write(&tmp, text).expect("cannot write the config file");
-        fs::rename(&tmp, &self.config_path).expect("cannot replace the config file");
-    }
-
     /// Starts the agent process (again) and waits until it is ready.
     ///
     /// # Panics
@@ -313,15 +302,6 @@ impl Agent {
         signal_pid(child.id(), signal);
     }
 
-    /// The agent's pid.
-    ///
-    /// # Panics
-    ///
-    /// If it is not running.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the agent is not running").id()
-    }
-
     /// The Workload API endpoint, `unix:///…/api.sock`.
     pub fn endpoint(&self) -> String {
         format!("unix://{}", self.socket.display())
@@ -348,11 +328,6 @@ impl Agent {
             .position(|line| line.contains(needle))
             .map(|i| i + 1)
             .unwrap_or_else(|| panic!("no line of the config file contains `{needle}`"))
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 
     /// The agent's private temporary directory.
