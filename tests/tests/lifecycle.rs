@@ -220,3 +220,37 @@ fn agent_refuses_an_invalid_config_file_naming_the_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!(":{line}:")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_source_picks_up_the_restarted_agent_on_its_own() {
+    let mut agent = Agent::start(&one_entry());
+    let source = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        spiffe::X509Source::builder()
+            .endpoint(agent.endpoint())
+            .build(),
+    )
+    .await
+    .expect("the X509Source timed out starting")
+    .expect("the X509Source starts");
+    let mut updates = source.updated();
+    let before = source.svid().expect("an SVID").leaf().as_bytes().to_vec();
+
+    assert!(agent.stop().success());
+    agent.spawn();
+
+    // The new agent issues new SVIDs; the source reconnects by itself and takes them up.
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            let now = source.svid().expect("the source keeps its last SVID");
+            if now.leaf().as_bytes() != before.as_slice() {
+                assert_eq!(now.spiffe_id().to_string(), ID);
+                break;
+            }
+            updates.changed().await.expect("the source keeps running");
+        }
+    })
+    .await
+    .expect("timed out waiting for the X509Source to reconnect after the restart");
+    source.shutdown().await;
+}
