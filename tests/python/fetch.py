@@ -3,10 +3,12 @@
 Usage: python fetch.py /path/to/api.sock
 
 Prints one `name: value` line per fact; tests/tests/processes.rs runs it against a real agent
-whose only entry matches the caller, and checks every line. Exits non-zero on any error.
+whose only entry matches the caller and whose SVIDs live a few seconds, and checks every line.
+Exits non-zero on any error.
 """
 
 import sys
+import threading
 
 from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 from spiffe.workloadapi.errors import ValidateJwtSvidError
@@ -41,8 +43,33 @@ def main(socket_path: str) -> None:
             print("jwt_wrong_audience: accepted")
         except ValidateJwtSvidError:
             print("jwt_wrong_audience: rejected")
+
+        print(f"x509_stream_renewed: {'yes' if watch_renewal(client) else 'no'}")
     finally:
         client.close()
+
+
+def watch_renewal(client: WorkloadApiClient) -> bool:
+    """Watches the X.509 stream until it delivers an SVID other than the first it sent."""
+    serials = []
+    renewed = threading.Event()
+    failed = []
+
+    def on_success(context) -> None:
+        serials.append(context.default_svid.leaf.serial_number)
+        if len(set(serials)) > 1:
+            renewed.set()
+
+    def on_error(error: Exception) -> None:
+        failed.append(error)
+        renewed.set()
+
+    handle = client.stream_x509_contexts(on_success, on_error, retry_connect=False)
+    renewed.wait(TIMEOUT)
+    handle.cancel()
+    if failed:
+        raise failed[0]
+    return len(set(serials)) > 1
 
 
 if __name__ == "__main__":

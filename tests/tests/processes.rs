@@ -321,7 +321,7 @@ fn explain_lists_selectors_and_names_what_a_non_matching_entry_misses() {
 }
 
 #[test]
-fn py_spiffe_fetches_svids_and_jwts_from_the_agent() {
+fn py_spiffe_fetches_and_watches_identities_from_the_agent() {
     let python = std::env::var_os(PYTHON_ENV).unwrap_or_else(|| {
         panic!(
             "{PYTHON_ENV} is not set: run scripts/setup.sh, then \
@@ -330,8 +330,9 @@ fn py_spiffe_fetches_svids_and_jwts_from_the_agent() {
         )
     });
     let id = "spiffe://example.org/billing/api";
+    // Short-lived SVIDs, so that the script also sees a renewal on its stream.
     let agent = Agent::start(&format!(
-        "[[entries]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:uid:{}\"]\n",
+        "svid_ttl = \"4s\"\n[[entries]]\nspiffe_id = \"{id}\"\nselectors = [\"unix:uid:{}\"]\n",
         current_uid()
     ));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/fetch.py");
@@ -361,4 +362,5 @@ fn py_spiffe_fetches_svids_and_jwts_from_the_agent() {
     assert_eq!(field("jwt_validated_by_agent"), id);
     assert_eq!(field("jwt_validated_locally"), id);
     assert_eq!(field("jwt_wrong_audience"), "rejected");
+    assert_eq!(field("x509_stream_renewed"), "yes");
 }
