@@ -4,12 +4,13 @@
 //! # Schedule
 //!
 //! Both kinds follow the same rule, measured on the **active** authority's own lifetime
-//! `L = notAfter - notBefore` (for a JWT key, `notBefore` is its creation and
-//! `L` the configured key lifetime):
+//! `L = notAfter - start`, where `start` is when the authority was made (a certificate's
+//! notBefore is back-dated for clock skew and does not count; for a JWT key `L` is the
+//! configured key lifetime):
 //!
-//! - at `notBefore + L/2` a successor is **prepared**: generated, persisted, and published in
+//! - at `start + L/2` a successor is **prepared**: generated, persisted, and published in
 //!   the bundle, so every relying party learns it long before it signs anything;
-//! - at `notBefore + 5L/6` the successor becomes **active** (it signs from now on) and the old
+//! - at `start + 5L/6` the successor becomes **active** (it signs from now on) and the old
 //!   one is **retired** (it signs nothing more, but stays in the bundle);
 //! - a retired authority is **dropped** from the bundle at `min(notAfter, retiredAt + max TTL)`,
 //!   where max TTL is the cap on SVIDs (X.509) or JWT-SVIDs (JWT) it could have signed: by
@@ -918,16 +919,23 @@ fn activate<'a>(timelines: impl Iterator<Item = &'a mut Timeline>, index: usize,
     }
 }
 
+/// When the schedule of an authority starts: when it was made, or its notBefore if that is
+/// later. A certificate's notBefore is back-dated for clock skew and must not count, or a
+/// short-lived CA would be due for replacement the moment it is made.
+fn start(t: &Timeline) -> SystemTime {
+    t.prepared_at.max(t.not_before)
+}
+
 fn lifetime(t: &Timeline) -> Duration {
-    t.not_after.duration_since(t.not_before).unwrap_or_default()
+    t.not_after.duration_since(start(t)).unwrap_or_default()
 }
 
 fn prepare_at(t: &Timeline) -> SystemTime {
-    t.not_before + lifetime(t) / 2
+    start(t) + lifetime(t) / 2
 }
 
 fn activate_at(t: &Timeline) -> SystemTime {
-    t.not_before + lifetime(t) * 5 / 6
+    start(t) + lifetime(t) * 5 / 6
 }
 
 fn drop_at(t: &Timeline, max_ttl: Duration) -> SystemTime {
