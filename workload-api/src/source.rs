@@ -443,7 +443,10 @@ async fn follow(
             Ok((svid, bundles)) => {
                 tracing::info!(
                     spiffe_id = %svid.spiffe_id(),
-                    not_after = ?svid.not_after(),
+                    expires_in_s = svid
+                        .not_after()
+                        .duration_since(std::time::SystemTime::now())
+                        .map_or(0, |left| left.as_secs()),
                     trust_domains = bundles.len(),
                     "x509 svid updated from the workload api"
                 );

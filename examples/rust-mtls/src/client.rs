@@ -132,7 +132,7 @@ impl Client {
             .connector
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("tls handshake: {e}"))?;
+            .map_err(|e| format!("tls handshake: {}", describe_io_error(&e)))?;
 
         let (_, session) = tls.get_ref();
         let chain = session.peer_certificates().unwrap_or_default();
@@ -187,5 +187,21 @@ impl Client {
         }
         result.ok = true;
         Ok(())
+    }
+}
+
+/// An I/O error, with the reason of a certificate refusal spelled out instead of rustls's
+/// `Debug` of it.
+fn describe_io_error(error: &std::io::Error) -> String {
+    use rustls::{CertificateError, OtherError};
+
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(reason)))) => {
+            format!("server certificate refused: {reason}")
+        }
+        _ => error.to_string(),
     }
 }
