@@ -4,7 +4,7 @@
 Starts one mesh-agent (trust domain example.org) that gives every app its own
 SPIFFE ID by Unix uid, a second one (other.org) for a foreign client, then:
 
-1. mesh: every server (Java, Node, Go, Python, Rust when built) runs under its own
+1. mesh: every server (Java, Node, Go, Python, Rust) runs under its own
    uid; every client calls every server over mTLS, repeatedly for
    --rotation-seconds while the short-lived SVIDs rotate. Every call must pass;
    every server and every client must show at least two certificate serials.
@@ -15,8 +15,9 @@ SPIFFE ID by Unix uid, a second one (other.org) for a foreign client, then:
    which validates it with the agent and locally; a wrong audience and a
    missing token are refused.
 
-Needs root (apps are started under other uids with setpriv) and the examples
-built by scripts/setup-examples.sh. Standard library only. Exit status 0 only if
+Needs root (apps are started under other uids with setpriv), the examples
+built by scripts/setup-examples.sh and the Rust example built by
+`cargo build -p spiffe-example-mtls`. Standard library only. Exit status 0 only if
 every check passed. See tests/matrix/README.md for the contract an app follows.
 """
 
@@ -58,8 +59,8 @@ class App:
     `server` and `client` are argv lists; the client gets the URLs appended. Both
     read their settings from the environment (see README.md). `uid` is the
     server's uid; the client runs as uid + 1. `needs` lists files that must exist
-    for the app to take part; an `optional` app whose files are missing is
-    shown as "n/a" instead of failing the run.
+    for the app to take part (`build` says how to make them); an `optional` app
+    whose files are missing is shown as "n/a" instead of failing the run.
     """
 
     name: str
@@ -69,6 +70,7 @@ class App:
     needs: list[Path]
     optional: bool = False
     cwd: Path | None = None
+    build: str = "run scripts/setup-examples.sh"
 
     @property
     def server_id(self) -> str:
@@ -100,10 +102,10 @@ def apps() -> list[App]:
             [bin_dir / "go-server", bin_dir / "go-client"]),
         App("python", 2031, [str(py), str(py_dir / "server.py")], [str(py), str(py_dir / "client.py")],
             [py], cwd=py_dir),
-        # Rust: built by another part of the project; joins the matrix once its
-        # binaries exist (or MATRIX_RUST_SERVER / MATRIX_RUST_CLIENT name them).
+        # Rust: examples/rust-mtls (mesh-core TLS fed by the Workload API), or the
+        # commands in MATRIX_RUST_SERVER / MATRIX_RUST_CLIENT.
         App("rust", 2041, [rust_server], [rust_client], [Path(rust_server), Path(rust_client)],
-            optional=True),
+            build="cargo build -p spiffe-example-mtls"),
     ]
 
 
@@ -274,12 +276,23 @@ class Harness:
         print("  checkout not readable by other uids: staging a copy of the examples")
         staged = self.work / "staged"
         mapping = {}
-        for src in [ROOT / "examples", CACHE / "venv-examples", CACHE / "examples"]:
+        dirs = [ROOT / "examples", CACHE / "venv-examples", CACHE / "examples"]
+        for src in dirs:
             if src.exists():
                 dst = staged / src.relative_to(ROOT)
                 shutil.copytree(src, dst, symlinks=True,
                                 ignore=shutil.ignore_patterns(".git"))
                 mapping[str(src)] = str(dst)
+        # Programs the apps need from elsewhere in the checkout (the Rust binaries in
+        # target/), copied one by one.
+        for app in app_list:
+            for need in app.needs:
+                if (need.is_file() and need.is_relative_to(ROOT)
+                        and not any(need.is_relative_to(d) for d in dirs)):
+                    dst = staged / need.relative_to(ROOT)
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(need, dst)
+                    mapping[str(need)] = str(dst)
         subprocess.run(["chmod", "-R", "a+rX", str(staged)], check=True)
 
         def remap(argv: list[str]) -> list[str]:
@@ -295,7 +308,7 @@ class Harness:
         for app in app_list:
             cwd = Path(remap([str(app.cwd)])[0]) if app.cwd else None
             result.append(App(app.name, app.uid, remap(app.server), remap(app.client), app.needs,
-                              app.optional, cwd))
+                              app.optional, cwd, app.build))
         return result
 
     # ------------------------------------------------------------------ phases
@@ -310,8 +323,7 @@ class Harness:
                 if app.optional:
                     print(f"  {app.name}: not built ({', '.join(missing)}), shown as n/a")
                 else:
-                    self.failures.append(f"{app.name}: missing {', '.join(missing)} "
-                                         "(run scripts/setup-examples.sh)")
+                    self.failures.append(f"{app.name}: missing {', '.join(missing)} ({app.build})")
         if self.failures:
             return self.report(all_apps, active, {}, {}, {}, {}, t_all)
         active = self.stage_if_needed(active)
