@@ -9,7 +9,7 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::tls::{peer_spiffe_id, SpiffeTls, SvidSource, TlsError};
 use mesh_core::SpiffeId;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -24,7 +24,8 @@ use crate::{authorizer_for, serial_hex};
 /// The name the server reports in its answers.
 pub const NAME: &str = "rust";
 
-/// How long a client may take to complete the TLS handshake.
+/// How long a client may take to complete the TLS handshake, and then to send a request's
+/// headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `GET /` answers.
@@ -140,6 +141,8 @@ impl Server {
             async move { Ok::<_, Infallible>(respond(&request, &whoami)) }
         });
         hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HANDSHAKE_TIMEOUT)
             .serve_connection(TokioIo::new(tls), service)
             .await
             .map_err(ConnectionError::Http)
