@@ -26,5 +26,5 @@ echo "== cargo test"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
 
-echo "== cross-language mtls matrix (Java, NodeJS, Go, Python clients against the real agent)"
+echo "== cross-language mtls matrix (Java, NodeJS, Go, Python and Rust against the real agent)"
 bash "$root/tests/matrix/run.sh"
