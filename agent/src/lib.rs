@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod proxy;
 pub mod registration;
 pub mod reload;
 pub mod run;

@@ -35,6 +35,18 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Run the mTLS sidecar proxy described by a config file.
+    Proxy {
+        /// The proxy's TOML config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Log format: text or json.
+        #[arg(long, default_value = "text")]
+        log_format: LogFormat,
+        /// Log level or filter, e.g. info.
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
     /// Talk to a Workload API socket (this agent's or any other).
     Api {
         #[command(flatten)]
@@ -71,8 +83,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Run { config } = cli.command {
-        return run_agent(&config);
+    match cli.command {
+        Command::Run { config } => return run_agent(&config),
+        Command::Proxy {
+            config,
+            log_format,
+            log_level,
+        } => return run_proxy(&config, log_format, &log_level),
+        _ => {}
     }
     // The tools print their results on stdout; only warnings and errors go to the log.
     let _ = logging::init(LogFormat::Text, "warn");
@@ -114,30 +132,10 @@ fn run_agent(args: &ConfigArgs) -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
-    let result = runtime.block_on(async move {
-        let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(error) => {
-                    tracing::error!(%error, "cannot watch SIGTERM; stop the agent with SIGINT");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            }
-        };
-        mesh_agent::run::run(config, loader, shutdown).await
-    });
+    let result = runtime.block_on(mesh_agent::run::run(config, loader, shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -147,9 +145,61 @@ fn run_agent(args: &ConfigArgs) -> ExitCode {
     }
 }
 
+/// `mesh-agent proxy`: the sidecar; stops on SIGTERM or SIGINT.
+fn run_proxy(path: &Path, log_format: LogFormat, log_level: &str) -> ExitCode {
+    if let Err(error) = logging::init(log_format, log_level) {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
+    let config = match mesh_agent::proxy::config::ProxyConfig::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(mesh_agent::proxy::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A multi-threaded runtime for the daemons, or `None` after printing why it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => Some(rt),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            None
+        }
+    }
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { .. } => unreachable!("handled in main"),
+        Command::Run { .. } | Command::Proxy { .. } => unreachable!("handled in main"),
         Command::Api { socket, command } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
