@@ -8,7 +8,7 @@
 //!
 //! JWT-SVIDs are cached per identity and audience set until half their life has passed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -90,6 +90,8 @@ struct CachedJwt {
 
 struct State {
     svids: HashMap<Entry, Arc<CachedSvid>>,
+    /// Entries whose SVID a caller has asked for; renewed first.
+    served: HashSet<Entry>,
     jwts: HashMap<(SpiffeId, Vec<String>), CachedJwt>,
     bundle: Arc<BundleView>,
     ca_generation: u64,
@@ -138,6 +140,7 @@ impl SvidCache {
             metrics,
             state: Mutex::new(State {
                 svids: HashMap::new(),
+                served: HashSet::new(),
                 jwts: HashMap::new(),
                 bundle,
                 ca_generation,
@@ -168,6 +171,9 @@ impl SvidCache {
     /// [`CacheError::Issue`] if the CA cannot issue.
     pub fn svid(&self, entry: &Entry) -> Result<Arc<CachedSvid>, CacheError> {
         let mut state = self.lock();
+        if !state.served.contains(entry) {
+            state.served.insert(entry.clone());
+        }
         if let Some(svid) = state.svids.get(entry) {
             return Ok(Arc::clone(svid));
         }
@@ -193,6 +199,8 @@ impl SvidCache {
                     .uid_template_domain()
                     .is_some_and(|td| entry.spiffe_id.trust_domain() == td)
         });
+        let State { svids, served, .. } = &mut *state;
+        served.retain(|entry| svids.contains_key(entry));
         let mut changed = state.svids.len() != before;
         let mut issued = 0;
         for entry in registry.entries() {
@@ -220,6 +228,10 @@ impl SvidCache {
     /// Renews every SVID that is due, or that an authority no longer active signed, and takes
     /// up a new bundle if the CA changed. Notifies streams if anything changed. Returns when
     /// the next SVID falls due.
+    ///
+    /// SVIDs are issued without holding the cache's lock, so callers are served while a CA
+    /// rotation re-issues every SVID; those of entries callers have asked for are renewed
+    /// first and announced at once, before the ones nobody has asked for yet.
     pub fn refresh(&self) -> Option<SystemTime> {
         let now = self.clock.now();
         let mut state = self.lock();
@@ -241,28 +253,6 @@ impl SvidCache {
             }
         }
 
-        let active = self.ca.x509_issuer();
-        let due: Vec<Entry> = state
-            .svids
-            .iter()
-            .filter(|(_, svid)| svid.renew_at <= now || !Arc::ptr_eq(&svid.issuer, &active))
-            .map(|(entry, _)| entry.clone())
-            .collect();
-        let mut renewed = 0;
-        for entry in due {
-            match self.issue(&entry, &state.bundle) {
-                Ok(svid) => {
-                    tracing::debug!(spiffe_id = %entry.spiffe_id, "X509-SVID renewed");
-                    state.svids.insert(entry, Arc::new(svid));
-                    renewed += 1;
-                }
-                Err(error) => tracing::warn!(%error, "renewal failed; retrying later"),
-            }
-        }
-        if renewed > 0 {
-            changed = true;
-        }
-
         // SVIDs keep the bundle bytes they were issued with; a bundle change alone (a new
         // authority prepared) must reach them too.
         if changed {
@@ -280,13 +270,51 @@ impl SvidCache {
                 }
             }
         }
-        let next = state.svids.values().map(|s| s.renew_at).min();
+
+        let active = self.ca.x509_issuer();
+        let mut due: Vec<(Entry, bool)> = state
+            .svids
+            .iter()
+            .filter(|(_, svid)| svid.renew_at <= now || !Arc::ptr_eq(&svid.issuer, &active))
+            .map(|(entry, _)| (entry.clone(), state.served.contains(entry)))
+            .collect();
+        due.sort_by_key(|(_, served)| !served);
+        let served = due.iter().filter(|(_, served)| *served).count();
+        let bundle = Arc::clone(&state.bundle);
         drop(state);
+        if changed && served == 0 {
+            self.notify();
+        }
+
+        let mut renewed = 0;
+        let mut renewed_unserved = 0;
+        for (i, (entry, _)) in due.into_iter().enumerate() {
+            match self.issue(&entry, &bundle) {
+                Ok(svid) => {
+                    let mut state = self.lock();
+                    // A registry sync may have dropped the entry meanwhile; keep it dropped.
+                    if let Some(slot) = state.svids.get_mut(&entry) {
+                        tracing::debug!(spiffe_id = %entry.spiffe_id, "X509-SVID renewed");
+                        *slot = Arc::new(svid);
+                        renewed += 1;
+                        if i >= served {
+                            renewed_unserved += 1;
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "renewal failed; retrying later"),
+            }
+            // The SVIDs callers wait for are done: tell their streams before renewing the rest.
+            if i + 1 == served {
+                self.notify();
+            }
+        }
+        let next = self.lock().svids.values().map(|s| s.renew_at).min();
 
         for _ in 0..renewed {
             self.metrics.svid_renewed();
         }
-        if changed {
+        if renewed_unserved > 0 {
             self.notify();
         }
         next

@@ -217,7 +217,15 @@ async fn upkeep(
 ) {
     let ca = Arc::clone(cache.ca());
     loop {
-        let next_svid = cache.refresh();
+        // Renewing generates keys and signs, up to one SVID per entry at a CA rotation: keep
+        // it off the runtime's worker threads.
+        let renewing = Arc::clone(&cache);
+        let next_svid = tokio::task::spawn_blocking(move || renewing.refresh())
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "SVID renewal task failed");
+                None
+            });
         metrics.set_ca_expiry(ca.x509_issuer().not_after());
         let next = [next_svid, ca.next_change()].into_iter().flatten().min();
         let sleep = next

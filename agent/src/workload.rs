@@ -1,8 +1,9 @@
 //! The agent's Workload API provider: attests each caller, finds its registration entries, and
 //! answers from the SVID cache.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -16,7 +17,7 @@ use workload_api::{
 use crate::attest::Attestor;
 use crate::cache::{CacheError, SvidCache};
 use crate::metrics::{Metrics, StreamGuard};
-use crate::registration::Registry;
+use crate::registration::{Entry, Registry};
 use crate::selector::SelectorSet;
 
 /// Serves identities from an [`SvidCache`] to attested callers.
@@ -77,7 +78,38 @@ impl Inner {
 
     fn x509_context(&self, selectors: &SelectorSet) -> Result<X509Context, ProviderError> {
         let registry = Arc::clone(&self.registry.borrow());
-        let entries = registry.matching(selectors);
+        self.context_of(&registry.matching(selectors))
+    }
+
+    /// Like [`Inner::x509_context`] for an open stream, whose selectors never change: the
+    /// entries it matched are kept in `memo` and looked up again only when the registry
+    /// changes. Matching scans every entry, and every change of any SVID wakes every stream,
+    /// so without the memo a change costs streams times entries.
+    fn stream_x509_context(
+        &self,
+        selectors: &SelectorSet,
+        memo: &Mutex<Option<Matched>>,
+    ) -> Result<X509Context, ProviderError> {
+        let registry = Arc::clone(&self.registry.borrow());
+        let mut memo = memo.lock().unwrap_or_else(PoisonError::into_inner);
+        match memo.as_ref() {
+            Some(matched) if Arc::ptr_eq(&matched.registry, &registry) => {
+                self.context_of(&matched.entries)
+            }
+            _ => {
+                let entries: Vec<Cow<'static, Entry>> = registry
+                    .matching(selectors)
+                    .into_iter()
+                    .map(|entry| Cow::Owned(entry.into_owned()))
+                    .collect();
+                let context = self.context_of(&entries);
+                *memo = Some(Matched { registry, entries });
+                context
+            }
+        }
+    }
+
+    fn context_of(&self, entries: &[Cow<'_, Entry>]) -> Result<X509Context, ProviderError> {
         if entries.is_empty() {
             return Err(ProviderError::NoIdentity);
         }
@@ -114,6 +146,12 @@ impl Inner {
         self.metrics
             .record_call(method, code_name(code), started.elapsed());
     }
+}
+
+/// The entries one stream's caller matched in one version of the registry.
+struct Matched {
+    registry: Arc<Registry>,
+    entries: Vec<Cow<'static, Entry>>,
 }
 
 /// Turns a stream of "something changed" signals into a stream of snapshots, sending the first
@@ -202,12 +240,13 @@ impl Provider for AgentProvider {
             "X.509 context stream opened"
         );
         let provider = Arc::clone(inner);
+        let memo = Mutex::new(None);
         Ok(snapshots(
             first,
             inner.cache.subscribe(),
             inner.registry.clone(),
             inner.metrics.stream_opened(),
-            move || provider.x509_context(&selectors),
+            move || provider.stream_x509_context(&selectors, &memo),
         ))
     }
 
