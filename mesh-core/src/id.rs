@@ -66,6 +66,9 @@ pub enum IdError {
     /// The ID contains a percent-encoded character.
     #[error("`{0}` is percent-encoded; a SPIFFE ID must not be")]
     PercentEncoded(String),
+    /// A path given to [`TrustDomain::workload_id`] does not start with `/`.
+    #[error("path of `{0}` must start with `/`")]
+    BadPathStart(String),
     /// The path has an empty segment (`//` or a leading `/` with nothing after it).
     #[error("`{0}` has an empty path segment")]
     EmptySegment(String),
@@ -143,7 +146,12 @@ impl TrustDomain {
     ///
     /// Returns an [`IdError`] if the path breaks a rule of the standard.
     pub fn workload_id(&self, path: &str) -> Result<SpiffeId, IdError> {
-        SpiffeId::new(&format!("{SCHEME_PREFIX}{}{path}", self.0))
+        let id = format!("{SCHEME_PREFIX}{}{path}", self.0);
+        if !path.starts_with('/') {
+            // Without the slash the path would silently extend the trust domain name.
+            return Err(IdError::BadPathStart(id));
+        }
+        SpiffeId::new(&id)
     }
 }
 
@@ -497,6 +505,11 @@ mod tests {
         let id = td.workload_id("/ns/default/sa/web").unwrap();
         assert_eq!(id.as_str(), "spiffe://example.org/ns/default/sa/web");
         assert!(td.workload_id("/bad/").is_err());
+        assert!(matches!(
+            td.workload_id("web"),
+            Err(IdError::BadPathStart(_))
+        ));
+        assert!(td.workload_id("").is_err());
         assert_eq!(td.to_spiffe_id().as_str(), "spiffe://example.org");
     }
 
