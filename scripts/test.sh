@@ -26,5 +26,8 @@ echo "== cargo test"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
 
+echo "== deploy manifests (Kubernetes schema validation, offline)"
+bash "$root/scripts/validate-deploy.sh"
+
 echo "== cross-language mtls matrix (Java, NodeJS, Go, Python and Rust against the real agent)"
 bash "$root/tests/matrix/run.sh"
