@@ -6,6 +6,9 @@ cd "$root"
 
 "$root/scripts/setup.sh"
 export MESH_TEST_PYTHON="$root/.cache/venv/bin/python"
+# The proxy end-to-end test runs MariaDB traffic through a proxy pair; this installs MariaDB
+# from the distribution if missing, starts it on loopback and exports MESH_TEST_MARIADB.
+eval "$(bash "$root/scripts/start-mariadb.sh")"
 # Property tests run a modest number of cases in CI; raise it locally to search harder.
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"
 
