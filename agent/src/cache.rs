@@ -384,6 +384,15 @@ impl SvidCache {
         let now = self.clock.now();
         let issuer = self.ca.x509_issuer();
         let ttl = entry.ttl.unwrap_or(self.options.svid_ttl);
+        let cap = self.ca.config().max_svid_ttl;
+        if ttl > cap {
+            tracing::warn!(
+                spiffe_id = %entry.spiffe_id,
+                ttl = ?ttl,
+                cap = ?cap,
+                "entry asks for a longer SVID lifetime than this agent allows since it started; restart it to raise the cap"
+            );
+        }
         let request = SvidRequest::new(entry.spiffe_id.clone(), ttl)
             .with_dns_names(entry.dns_names.iter().cloned());
         let svid = issuer

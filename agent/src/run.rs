@@ -196,14 +196,20 @@ async fn open_ca(config: &Config, clock: SharedClock) -> Result<Arc<Ca>, RunErro
         .map_err(|source| RunError::Ca { dir, source })
 }
 
-/// The longest SVID lifetime any entry asks for, so that the CA's cap does not cut it.
+/// The CA's cap on SVID lifetimes: the longest of the default TTL, any entry's TTL at start,
+/// and a sixth of the CA's lifetime.
+///
+/// The cap is fixed for the life of the process (retired CAs stay in the bundle for that long).
+/// A sixth of the CA's lifetime is what an SVID signed just before a CA hand-over can get anyway
+/// (see the rotation schedule in mesh-core), so entries added by a reload may ask up to that
+/// without a restart.
 fn max_svid_ttl(config: &Config) -> Duration {
     config
         .entries
         .iter()
         .flatten()
         .filter_map(|e| e.ttl)
-        .fold(config.svid_ttl, Duration::max)
+        .fold(config.svid_ttl.max(config.ca_ttl / 6), Duration::max)
 }
 
 /// Keeps the CA, the cache and the registry in step: ticks the CA's rotation schedule, renews
