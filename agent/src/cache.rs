@@ -193,11 +193,15 @@ impl SvidCache {
     pub fn sync_registry(&self, registry: &Registry) {
         let mut state = self.lock();
         let before = state.svids.len();
+        // An entry stays if the registry still has it, or (for entries the uid template made)
+        // if the registry would make exactly this entry for a workload with its selectors.
         state.svids.retain(|entry, _| {
             registry.entries().contains(entry)
-                || registry
-                    .uid_template_domain()
-                    .is_some_and(|td| entry.spiffe_id.trust_domain() == td)
+                || (registry.uid_template_domain().is_some()
+                    && registry
+                        .matching(&entry.selectors)
+                        .iter()
+                        .any(|made| made.as_ref() == entry))
         });
         let State { svids, served, .. } = &mut *state;
         served.retain(|entry| svids.contains_key(entry));
@@ -433,5 +437,125 @@ impl std::fmt::Debug for SvidCache {
         f.debug_struct("SvidCache")
             .field("svids", &self.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use mesh_core::ca::CaConfig;
+    use mesh_core::clock::ManualClock;
+    use mesh_core::TrustDomain;
+
+    use super::*;
+    use crate::selector::{Selector, SelectorSet};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        clock: ManualClock,
+        cache: SvidCache,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+        let shared: SharedClock = Arc::new(clock.clone());
+        let td = TrustDomain::new("example.org").unwrap();
+        let ca = Ca::open(CaConfig::new(td, dir.path()), Arc::clone(&shared)).unwrap();
+        let options = CacheOptions {
+            key_type: KeyType::EcP256,
+            svid_ttl: HOUR,
+            jwt_ttl: Duration::from_secs(300),
+        };
+        let cache = SvidCache::new(Arc::new(ca), shared, options, Metrics::new()).unwrap();
+        Fixture {
+            _dir: dir,
+            clock,
+            cache,
+        }
+    }
+
+    fn entry(path: &str, uid: u32) -> Entry {
+        let id = TrustDomain::new("example.org")
+            .unwrap()
+            .workload_id(path)
+            .unwrap();
+        Entry::new(id, SelectorSet::from([Selector::uid(uid)]))
+    }
+
+    #[test]
+    fn sync_issues_for_new_entries_and_drops_removed_ones() {
+        let f = fixture();
+        let (a, b) = (entry("/a", 1), entry("/b", 2));
+        let changes = f.cache.subscribe();
+
+        f.cache
+            .sync_registry(&Registry::new(vec![a.clone(), b.clone()]));
+        assert_eq!(f.cache.len(), 2);
+        assert!(changes.has_changed().unwrap());
+
+        f.cache.sync_registry(&Registry::new(vec![b.clone()]));
+        assert_eq!(f.cache.len(), 1);
+        assert_eq!(
+            f.cache.svid(&b).unwrap().wire.spiffe_id,
+            b.spiffe_id.as_str()
+        );
+    }
+
+    #[test]
+    fn switching_to_the_uid_template_drops_explicit_entries() {
+        let f = fixture();
+        let explicit = entry("/billing", 7);
+        f.cache
+            .sync_registry(&Registry::new(vec![explicit.clone()]));
+
+        let template = Registry::uid_template(TrustDomain::new("example.org").unwrap());
+        f.cache.sync_registry(&template);
+        assert!(f.cache.is_empty(), "the explicit entry's SVID must go");
+
+        let made = template.matching(&SelectorSet::from([Selector::uid(7)]));
+        f.cache.svid(&made[0]).unwrap();
+        f.cache.sync_registry(&template);
+        assert_eq!(f.cache.len(), 1, "the template's own entries stay");
+    }
+
+    #[test]
+    fn svids_are_renewed_near_half_life_and_streams_are_told() {
+        let f = fixture();
+        let a = entry("/a", 1);
+        f.cache.sync_registry(&Registry::new(vec![a.clone()]));
+        let first = f.cache.svid(&a).unwrap();
+        let mut changes = f.cache.subscribe();
+        changes.mark_unchanged();
+
+        // Before 40% of the life nothing is due (jitter takes at most 10% off the half).
+        f.clock.advance(HOUR * 2 / 5);
+        f.cache.refresh();
+        assert!(Arc::ptr_eq(&first, &f.cache.svid(&a).unwrap()));
+        assert!(!changes.has_changed().unwrap());
+
+        f.clock.advance(HOUR / 10 + Duration::from_secs(1));
+        f.cache.refresh();
+        let renewed = f.cache.svid(&a).unwrap();
+        assert_ne!(renewed.wire.cert_chain, first.wire.cert_chain);
+        assert!(renewed.not_after > first.not_after);
+        assert!(changes.has_changed().unwrap());
+    }
+
+    #[test]
+    fn jwt_svids_are_reused_until_half_life() {
+        let f = fixture();
+        let id = entry("/a", 1).spiffe_id;
+        let audiences = vec!["db".to_owned(), "api".to_owned()];
+
+        let first = f.cache.jwt_svid(&id, &audiences).unwrap();
+        let reordered = vec!["api".to_owned(), "db".to_owned()];
+        assert_eq!(f.cache.jwt_svid(&id, &reordered).unwrap(), first);
+
+        f.clock.advance(Duration::from_secs(151));
+        assert_ne!(f.cache.jwt_svid(&id, &audiences).unwrap(), first);
     }
 }
