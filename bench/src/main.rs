@@ -47,9 +47,12 @@ struct Cli {
     /// Streams (one connection each) of the stream scenario.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
-    /// CA lifetime in the stream scenario, in seconds; the first activation comes about
-    /// 5/6 of it minus 5 s after start, so every stream must open before then.
-    #[arg(long, default_value_t = 18)]
+    /// Streams sharing one connection in the stream scenario (1: a connection per stream).
+    #[arg(long, default_value_t = 1)]
+    streams_per_connection: usize,
+    /// CA lifetime in the stream scenario, in seconds; the first authority hands over to its
+    /// successor at 5/6 of it after start, so every stream must be open before then.
+    #[arg(long, default_value_t = 12)]
     rotation_ca_ttl: u64,
     /// Markdown file to write the results into (between the result markers if it has them).
     #[arg(long)]
@@ -111,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             let spec = scenarios::StreamsSpec {
                 entries: cli.entries,
                 streams: cli.streams,
+                per_connection: cli.streams_per_connection,
                 ca_ttl: Duration::from_secs(cli.rotation_ca_ttl),
             };
             results.streams = Some(scenarios::streams(&binary, spec).await?);

@@ -311,8 +311,13 @@ impl Results {
     fn stream_details(&self, s: &Streams, out: &mut String) {
         let _ = writeln!(
             out,
-            "### 4. Agent memory ({} entries: one for the bench's uid, the rest for other uids, all pre-issued; one connection per stream)\n",
-            s.spec.entries
+            "### 4. Agent memory ({} entries: one for the bench's uid, the rest for other uids, all pre-issued; {})\n",
+            s.spec.entries,
+            if s.spec.per_connection <= 1 {
+                "one connection per stream".to_owned()
+            } else {
+                format!("{} streams per connection", s.spec.per_connection)
+            }
         );
         let _ = writeln!(out, "| State | VmRSS | VmHWM | Threads |");
         let _ = writeln!(out, "|---|---|---|---|");

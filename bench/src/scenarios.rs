@@ -260,8 +260,10 @@ async fn load(
 pub struct StreamsSpec {
     /// Registration entries of the agent.
     pub entries: usize,
-    /// Streams to open, one connection each.
+    /// Streams to open.
     pub streams: usize,
+    /// Streams sharing one connection (1: a connection per stream).
+    pub per_connection: usize,
     /// CA lifetime, short enough that an activation falls inside the run.
     pub ca_ttl: Duration,
 }
@@ -347,11 +349,22 @@ pub async fn streams(binary: &Path, spec: StreamsSpec) -> anyhow::Result<Streams
     let check = Arc::new(SignerCheck::new(probe::signer_key_id(&reference)?));
 
     let opening = Instant::now();
+    let per_connection = spec.per_connection.max(1);
+    let mut shared = Vec::new();
+    if per_connection > 1 {
+        for _ in 0..spec.streams.div_ceil(per_connection) {
+            shared.push(WorkloadApiClient::connect(&endpoint).await?);
+        }
+    }
     let opened: Vec<_> = futures::stream::iter(0..spec.streams)
-        .map(|_| {
+        .map(|i| {
             let endpoint = endpoint.clone();
+            let existing = shared.get(i / per_connection).cloned();
             async move {
-                let mut client = WorkloadApiClient::connect(&endpoint).await?;
+                let mut client = match existing {
+                    Some(client) => client,
+                    None => WorkloadApiClient::connect(&endpoint).await?,
+                };
                 let mut stream = client.watch_x509_context().await?;
                 let first = stream
                     .next()
@@ -414,8 +427,7 @@ pub async fn streams(binary: &Path, spec: StreamsSpec) -> anyhow::Result<Streams
     tokio::time::sleep(Duration::from_secs(1)).await;
     let with_streams = agent.memory()?;
 
-    // The first authority activates its successor at 5/6 of its life; its notBefore is
-    // back-dated 30 s, so the activation is due at about 5/6 * ca_ttl - 5 s after start.
+    // The first authority hands over to its successor 5/6 of ca_ttl after it was made.
     let deadline = agent.spawned + spec.ca_ttl + Duration::from_secs(15);
     let mut receipts = Vec::with_capacity(spec.streams);
     let mut before_new = Vec::with_capacity(spec.streams);
