@@ -640,10 +640,7 @@ impl ConfigLoader {
                 .flatten()
                 .unwrap_or(DEFAULT_MAX_EXE_HASH_BYTES),
             entry_lines: match (&raw.entries, file) {
-                (Some(list), Some(f)) => list
-                    .iter()
-                    .map(|e| line_column(f.text, e.span().start).0)
-                    .collect(),
+                (Some(list), Some(f)) => lines_of(f.text, list.iter().map(|e| e.span().start)),
                 _ => Vec::new(),
             },
             entries,
@@ -801,6 +798,21 @@ impl SourceFile<'_> {
             message,
         }
     }
+}
+
+/// 1-based lines of byte offsets given in ascending order, in one pass over `text` (a file with
+/// thousands of entries would make a per-entry scan from the start quadratic).
+fn lines_of(text: &str, offsets: impl Iterator<Item = usize>) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let (mut line, mut pos) = (1, 0);
+    offsets
+        .map(|offset| {
+            let offset = offset.min(bytes.len()).max(pos);
+            line += bytes[pos..offset].iter().filter(|b| **b == b'\n').count();
+            pos = offset;
+            line
+        })
+        .collect()
 }
 
 /// 1-based line and character column of byte `offset` in `text`.
@@ -990,6 +1002,18 @@ impl Resolver<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn entry_lines_are_the_lines_where_entries_start() {
+        let text = "trust_domain = \"example.org\"\n\n[[entries]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\n\n# comment\n[[entries]]\nspiffe_id = \"spiffe://example.org/b\"\nselectors = [\"unix:uid:2\"]\n";
+        let offsets = text.match_indices("[[entries]]").map(|(i, _)| i);
+        assert_eq!(lines_of(text, offsets), [3, 8]);
+        let same: Vec<usize> = text
+            .match_indices("[[entries]]")
+            .map(|(i, _)| line_column(text, i).0)
+            .collect();
+        assert_eq!(same, [3, 8]);
+    }
     use super::*;
 
     fn loader() -> ConfigLoader {
