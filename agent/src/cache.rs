@@ -115,6 +115,7 @@ pub struct SvidCache {
     options: CacheOptions,
     metrics: Metrics,
     state: Mutex<State>,
+    sync: Mutex<()>,
     changes: watch::Sender<u64>,
 }
 
@@ -145,6 +146,7 @@ impl SvidCache {
                 bundle,
                 ca_generation,
             }),
+            sync: Mutex::new(()),
             changes,
         })
     }
@@ -191,36 +193,54 @@ impl SvidCache {
     /// Entries made from the uid template are kept while the template is in force; they are
     /// issued when a user first asks.
     pub fn sync_registry(&self, registry: &Registry) {
-        let mut state = self.lock();
-        let before = state.svids.len();
-        // An entry stays if the registry still has it, or (for entries the uid template made)
-        // if the registry would make exactly this entry for a workload with its selectors.
-        state.svids.retain(|entry, _| {
-            registry.entries().contains(entry)
-                || (registry.uid_template_domain().is_some()
-                    && registry
-                        .matching(&entry.selectors)
-                        .iter()
-                        .any(|made| made.as_ref() == entry))
-        });
-        let State { svids, served, .. } = &mut *state;
-        served.retain(|entry| svids.contains_key(entry));
-        let mut changed = state.svids.len() != before;
+        // One sync at a time, so an older sync cannot put back an entry a newer one removed.
+        let _sync = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
+
+        let (missing, bundle, mut changed) = {
+            let mut state = self.lock();
+            let before = state.svids.len();
+            // An entry stays if the registry still has it, or (for entries the uid template
+            // made) if the registry would make exactly this entry for a workload with its
+            // selectors.
+            state.svids.retain(|entry, _| {
+                registry.entries().contains(entry)
+                    || (registry.uid_template_domain().is_some()
+                        && registry
+                            .matching(&entry.selectors)
+                            .iter()
+                            .any(|made| made.as_ref() == entry))
+            });
+            let State { svids, served, .. } = &mut *state;
+            served.retain(|entry| svids.contains_key(entry));
+            let missing: Vec<Entry> = registry
+                .entries()
+                .iter()
+                .filter(|e| !state.svids.contains_key(*e))
+                .cloned()
+                .collect();
+            let removed = state.svids.len() != before;
+            (missing, Arc::clone(&state.bundle), removed)
+        };
+
+        // Issued without the cache's lock, so callers are served while a large registry is
+        // issued for (at start, or after a reload that adds many entries).
         let mut issued = 0;
-        for entry in registry.entries() {
-            if state.svids.contains_key(entry) {
-                continue;
-            }
-            match self.issue(entry, &state.bundle) {
+        for entry in missing {
+            match self.issue(&entry, &bundle) {
                 Ok(svid) => {
-                    state.svids.insert(entry.clone(), Arc::new(svid));
-                    issued += 1;
-                    changed = true;
+                    let mut state = self.lock();
+                    // A caller may have had it issued meanwhile; keep that one.
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        state.svids.entry(entry)
+                    {
+                        slot.insert(Arc::new(svid));
+                        issued += 1;
+                        changed = true;
+                    }
                 }
                 Err(error) => tracing::error!(%error, "cannot issue for a registration entry"),
             }
         }
-        drop(state);
         for _ in 0..issued {
             self.metrics.svid_issued();
         }

@@ -113,7 +113,6 @@ pub async fn run(
 
     let reloader = reload::spawn(loader, &config, ReloadOptions::default())?;
     let registry = reloader.registry.clone();
-    cache.sync_registry(&registry.borrow());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = {
@@ -222,6 +221,13 @@ async fn upkeep(
     mut stop: watch::Receiver<bool>,
 ) {
     let ca = Arc::clone(cache.ca());
+
+    // Issue for every entry in the background: the socket is bound meanwhile, and a caller
+    // that comes first has its own SVID issued on demand.
+    let initial = Arc::clone(&registry.borrow_and_update());
+    let first = Arc::clone(&cache);
+    let _ = tokio::task::spawn_blocking(move || first.sync_registry(&initial)).await;
+
     loop {
         // Renewing generates keys and signs, up to one SVID per entry at a CA rotation: keep
         // it off the runtime's worker threads.
