@@ -22,7 +22,9 @@ fi
 cargo build --release -p mesh-agent --bin mesh-agent
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-cargo bench -p mesh-agent --features proxy-bench --bench proxy -- --agent target/release/mesh-agent --mb "${MB:-256}" --out "$out"
+# cargo runs a bench in its package folder, so the agent path must be absolute.
+agent="${CARGO_TARGET_DIR:-$PWD/target}/release/mesh-agent"
+cargo bench -p mesh-agent --features proxy-bench --bench proxy -- --agent "$agent" --mb "${MB:-256}" --out "$out"
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 {

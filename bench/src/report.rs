@@ -345,8 +345,8 @@ impl Results {
         }
         let _ = writeln!(
             out,
-            "\nWith {} entries the first SVID came {} after spawn (fresh data dir, every entry issued \
-             before the socket is bound); opening the {} streams took {}.\n",
+            "\nWith {} entries the first SVID came {} after spawn (fresh data dir; the agent issues \
+             for its entries in the background once the socket is bound); opening the {} streams took {}.\n",
             s.spec.entries,
             ms(s.first_svid),
             s.spec.streams,
