@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use workload_api::source::X509Source;
 use workload_api::Endpoint;
 
 use crate::admin::Readiness;
@@ -149,9 +150,12 @@ pub async fn start(
     identity: Identity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningProxy, ProxyError> {
-    let source = match &identity {
-        Identity::Source(s) => Arc::clone(s),
-        Identity::WorkloadApi(_) => Arc::new(MemorySource::new()),
+    let (source, workload_api) = match identity {
+        Identity::Source(s) => (s, None),
+        Identity::WorkloadApi(endpoint) => {
+            let x509 = X509Source::new(endpoint);
+            (Arc::clone(x509.memory()), Some(x509))
+        }
     };
     let tls = SpiffeTls::new(source.clone());
     let metrics = ProxyMetrics::new();
@@ -231,10 +235,9 @@ pub async fn start(
     ));
 
     let (updates_tx, updates_rx) = watch::channel(0u64);
-    if let Identity::WorkloadApi(endpoint) = identity {
-        tokio::spawn(identity::watch_workload_api(
-            endpoint,
-            source.clone(),
+    if let Some(x509) = workload_api {
+        tokio::spawn(identity::follow(
+            x509,
             updates_tx,
             metrics.clone(),
             stop_rx.clone(),
