@@ -82,19 +82,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run { config } => return run_agent(&config),
+    match Cli::parse().command {
+        Command::Run { config } => run_agent(&config),
         Command::Proxy {
             config,
             log_format,
             log_level,
-        } => return run_proxy(&config, log_format, &log_level),
-        _ => {}
+        } => run_proxy(&config, log_format, &log_level),
+        Command::Api { socket, command } => tool(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(api::run(command, &socket))
+        }),
+        Command::Explain { pid, json, config } => tool(|| explain(pid, &config, json)),
+        Command::CheckConfig { file } => tool(|| check_config(&file)),
+        Command::Healthcheck { config, timeout } => tool(|| healthcheck(&config, timeout)),
     }
-    // The tools print their results on stdout; only warnings and errors go to the log.
+}
+
+/// Runs a one-shot tool: results on stdout, only warnings and errors in the log, errors with
+/// their causes on stderr.
+fn tool(f: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
     let _ = logging::init(LogFormat::Text, "warn");
-    match run(cli.command) {
+    match f() {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", describe(&error));
@@ -194,20 +206,6 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
-}
-
-fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::Run { .. } | Command::Proxy { .. } => unreachable!("handled in main"),
-        Command::Api { socket, command } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?
-            .block_on(api::run(command, &socket)),
-        Command::Explain { pid, json, config } => explain(pid, &config, json),
-        Command::CheckConfig { file } => check_config(&file),
-        Command::Healthcheck { config, timeout } => healthcheck(&config, timeout),
     }
 }
 
