@@ -90,9 +90,8 @@ pub enum ValidateCommand {
 /// Connection, status and output errors, with context.
 pub async fn run(command: ApiCommand, socket: &SocketArgs) -> anyhow::Result<ExitCode> {
     let endpoint = socket.endpoint()?;
-    let mut client = WorkloadApiClient::connect(&endpoint)
-        .await
-        .with_context(|| format!("cannot connect to the Workload API at {endpoint}"))?;
+    // The client's error already names the endpoint.
+    let mut client = WorkloadApiClient::connect(&endpoint).await?;
     match command {
         ApiCommand::Fetch(FetchCommand::X509 { write }) => {
             let context = client
