@@ -104,6 +104,29 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    serve_with(listener, state.metrics, state.readiness, shutdown).await;
+}
+
+/// What `/metrics` shows: the Prometheus text of a metrics registry.
+pub trait RenderMetrics: Clone + Send + Sync + 'static {
+    /// The metrics in the Prometheus text format.
+    fn render(&self) -> String;
+}
+
+impl RenderMetrics for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+}
+
+/// Serves `/live`, `/ready` (from `readiness`) and `/metrics` (from `metrics`) on `listener`
+/// until `shutdown` completes; the agent and the proxy each pass their own metrics.
+pub async fn serve_with<M: RenderMetrics>(
+    listener: TcpListener,
+    metrics: M,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -118,11 +141,11 @@ pub async fn serve(
                 }
             },
         };
-        let state = state.clone();
+        let (metrics, readiness) = (metrics.clone(), readiness.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                let reply = route(&metrics, &readiness, &req);
+                async move { Ok::<_, Infallible>(reply) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -135,16 +158,20 @@ pub async fn serve(
     }
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route<M: RenderMetrics>(
+    metrics: &M,
+    readiness: &Readiness,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" if state.readiness.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/ready" if readiness.is_ready() => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(metrics::CONTENT_TYPE),
