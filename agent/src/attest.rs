@@ -17,8 +17,13 @@
 //! attestation; if it changed, the pid was reused mid-way and attestation fails. Callers can
 //! compare [`Attestation::start_time`] with [`process_start_time`] later to detect reuse.
 //!
+//! Only the selector kinds some registration entry uses are worth their cost: names need NSS
+//! lookups (files, possibly LDAP), paths a few more `/proc` reads, digests reading the whole
+//! executable once. [`Needs`] says which of these parts to carry out; uid and gid selectors
+//! come from `/proc/<pid>/status` and are always produced.
+//!
 //! All functions here block on file I/O (and, for names, possibly on NSS lookups); call them
-//! from `tokio::task::spawn_blocking` in async code.
+//! from `tokio::task::spawn_blocking` in async code unless [`Needs::may_block`] is false.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -92,6 +97,45 @@ pub enum AttestError {
     },
 }
 
+/// Which optional parts of an attestation to carry out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// `unix:user` and `unix:group`: NSS lookups of the user and every group.
+    pub names: bool,
+    /// `unix:path`: the executable's path, checked to still name the running file.
+    pub path: bool,
+    /// `unix:sha256`: the executable's digest (cached per file version).
+    pub digest: bool,
+}
+
+impl Needs {
+    /// Every part: what `mesh-agent explain` shows.
+    pub const ALL: Needs = Needs {
+        names: true,
+        path: true,
+        digest: true,
+    };
+
+    /// What it takes to produce selectors of the kinds for which `uses` is true.
+    pub fn for_kinds(uses: impl Fn(SelectorKind) -> bool) -> Self {
+        Self {
+            names: uses(SelectorKind::UnixUser) || uses(SelectorKind::UnixGroup),
+            path: uses(SelectorKind::UnixPath),
+            digest: uses(SelectorKind::UnixSha256),
+        }
+    }
+
+    /// Whether an attestation made with `self` has every selector one with `other` has.
+    pub fn covers(self, other: Needs) -> bool {
+        (self.names || !other.names) && (self.path || !other.path) && (self.digest || !other.digest)
+    }
+
+    /// Whether attesting may wait on more than `/proc`: NSS lookups or hashing an executable.
+    pub fn may_block(self) -> bool {
+        self.names || self.digest
+    }
+}
+
 /// What was learned about a process.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Attestation {
@@ -153,7 +197,8 @@ impl Attestor {
         }
     }
 
-    /// Attests the process `pid` whose socket carried `uid` and `gid`.
+    /// Attests the process `pid` whose socket carried `uid` and `gid`, producing the optional
+    /// selectors that `needs` asks for.
     ///
     /// # Errors
     ///
@@ -162,7 +207,13 @@ impl Attestor {
     /// read errors otherwise. An executable that cannot be read is not an error: the process
     /// then simply has no `unix:path`/`unix:sha256` selectors, and
     /// [`Attestation::exe_note`] says why.
-    pub fn attest(&self, pid: u32, uid: u32, gid: u32) -> Result<Attestation, AttestError> {
+    pub fn attest(
+        &self,
+        pid: u32,
+        uid: u32,
+        gid: u32,
+        needs: Needs,
+    ) -> Result<Attestation, AttestError> {
         let start_time = process_start_time(pid)?;
         let status = read_status(pid)?;
         if status.euid != uid || status.egid != gid {
@@ -174,11 +225,11 @@ impl Attestor {
                 now_gid: status.egid,
             });
         }
-        self.finish(pid, status, start_time)
+        self.finish(pid, status, start_time, needs)
     }
 
-    /// Attests the process `pid` with the effective uid and gid it has now; for tools such as
-    /// `mesh-agent explain`, where there is no socket.
+    /// Attests the process `pid` with the effective uid and gid it has now, producing every
+    /// selector; for tools such as `mesh-agent explain`, where there is no socket.
     ///
     /// # Errors
     ///
@@ -186,7 +237,7 @@ impl Attestor {
     pub fn attest_pid(&self, pid: u32) -> Result<Attestation, AttestError> {
         let start_time = process_start_time(pid)?;
         let status = read_status(pid)?;
-        self.finish(pid, status, start_time)
+        self.finish(pid, status, start_time, Needs::ALL)
     }
 
     fn finish(
@@ -194,11 +245,14 @@ impl Attestor {
         pid: u32,
         status: Status,
         start_time: u64,
+        needs: Needs,
     ) -> Result<Attestation, AttestError> {
         let mut selectors = SelectorSet::new();
         selectors.insert(Selector::uid(status.euid));
-        if let Some(name) = user_name(status.euid) {
-            push_named(&mut selectors, SelectorKind::UnixUser, &name);
+        if needs.names {
+            if let Some(name) = user_name(status.euid) {
+                push_named(&mut selectors, SelectorKind::UnixUser, &name);
+            }
         }
         let mut gids = vec![status.egid];
         gids.extend(status.groups.iter().copied());
@@ -206,16 +260,22 @@ impl Attestor {
         gids.dedup();
         for gid in gids {
             selectors.insert(Selector::gid(gid));
+            if !needs.names {
+                continue;
+            }
             if let Some(name) = group_name(gid) {
                 push_named(&mut selectors, SelectorKind::UnixGroup, &name);
             }
         }
 
-        let exe = self.executable(pid);
-        let (exe_path, exe_sha256, exe_note) = match exe {
-            Ok(exe) => (exe.path, exe.sha256, exe.note),
-            Err(e @ AttestError::ProcessGone { .. }) => return Err(e),
-            Err(e) => (None, None, Some(e.to_string())),
+        let (exe_path, exe_sha256, exe_note) = if needs.path || needs.digest {
+            match self.executable(pid, needs) {
+                Ok(exe) => (exe.path, exe.sha256, exe.note),
+                Err(e @ AttestError::ProcessGone { .. }) => return Err(e),
+                Err(e) => (None, None, Some(e.to_string())),
+            }
+        } else {
+            (None, None, None)
         };
         if let Some(path) = exe_path.as_ref().and_then(|p| p.to_str()) {
             push_named(&mut selectors, SelectorKind::UnixPath, path);
@@ -242,9 +302,8 @@ impl Attestor {
         })
     }
 
-    fn executable(&self, pid: u32) -> Result<Exe, AttestError> {
+    fn executable(&self, pid: u32, needs: Needs) -> Result<Exe, AttestError> {
         let link = proc_path(pid, "exe");
-        let target = std::fs::read_link(&link).map_err(|e| io_error(pid, &link, e))?;
         let file = File::open(&link).map_err(|e| io_error(pid, &link, e))?;
         let meta = file.metadata().map_err(|e| io_error(pid, &link, e))?;
         let key = FileKey::of(&meta);
@@ -252,18 +311,25 @@ impl Attestor {
 
         // The link text names the file only if that path still leads to the same inode; after
         // an upgrade replaced the binary, or across mount namespaces, it does not.
-        let path = match std::fs::metadata(&target) {
-            Ok(m) if m.dev() == key.dev && m.ino() == key.ino => Some(target),
-            _ => {
-                note = Some(format!(
-                    "`{}` no longer names the executable the process runs; no unix:path selector",
-                    target.display()
-                ));
-                None
+        let path = if needs.path {
+            let target = std::fs::read_link(&link).map_err(|e| io_error(pid, &link, e))?;
+            match std::fs::metadata(&target) {
+                Ok(m) if m.dev() == key.dev && m.ino() == key.ino => Some(target),
+                _ => {
+                    note = Some(format!(
+                        "`{}` no longer names the executable the process runs; no unix:path selector",
+                        target.display()
+                    ));
+                    None
+                }
             }
+        } else {
+            None
         };
 
-        let sha256 = if key.size > self.max_hash_bytes {
+        let sha256 = if !needs.digest {
+            None
+        } else if key.size > self.max_hash_bytes {
             tracing::debug!(
                 pid,
                 size = key.size,
@@ -517,7 +583,9 @@ mod tests {
         let pid = std::process::id();
         let meta = std::fs::metadata(format!("/proc/{pid}")).unwrap();
         let (uid, gid) = (meta.uid(), meta.gid());
-        let a = Attestor::new(u64::MAX).attest(pid, uid, gid).unwrap();
+        let a = Attestor::new(u64::MAX)
+            .attest(pid, uid, gid, Needs::ALL)
+            .unwrap();
 
         assert_eq!((a.pid, a.uid, a.gid), (pid, uid, gid));
         assert!(a.selectors.contains(&Selector::uid(uid)));
@@ -549,13 +617,13 @@ mod tests {
 
         // The child becomes `sleep` only after exec; wait for that.
         let sleep_path = which("sleep").unwrap();
-        let mut a = attestor.attest(pid, 65534, 65534);
+        let mut a = attestor.attest(pid, 65534, 65534, Needs::ALL);
         for _ in 0..100 {
             if matches!(&a, Ok(a) if a.exe_path.as_deref() == Some(sleep_path.as_path())) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
-            a = attestor.attest(pid, 65534, 65534);
+            a = attestor.attest(pid, 65534, 65534, Needs::ALL);
         }
         let a = a.unwrap();
 
@@ -577,7 +645,7 @@ mod tests {
             .contains(&sel(&format!("unix:sha256:{}", sha256_file(path)))));
 
         // The socket credentials must agree with the process's.
-        let err = attestor.attest(pid, 0, 0).unwrap_err();
+        let err = attestor.attest(pid, 0, 0, Needs::ALL).unwrap_err();
         assert!(
             matches!(err, AttestError::CredentialsChanged { now_uid: 65534, .. }),
             "{err}"
@@ -608,13 +676,13 @@ mod tests {
         let pid = child.0.id();
         let sleep_path = which("sleep").unwrap();
         let attestor = Attestor::new(0);
-        let mut a = attestor.attest(pid, 65534, 65534);
+        let mut a = attestor.attest(pid, 65534, 65534, Needs::ALL);
         for _ in 0..100 {
             if matches!(&a, Ok(a) if a.exe_path.as_deref() == Some(sleep_path.as_path())) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
-            a = attestor.attest(pid, 65534, 65534);
+            a = attestor.attest(pid, 65534, 65534, Needs::ALL);
         }
         let a = a.unwrap();
 
@@ -636,7 +704,9 @@ mod tests {
         let pid = std::process::id();
         let meta = std::fs::metadata(format!("/proc/{pid}")).unwrap();
         let small = Attestor::new(16);
-        let a = small.attest(pid, meta.uid(), meta.gid()).unwrap();
+        let a = small
+            .attest(pid, meta.uid(), meta.gid(), Needs::ALL)
+            .unwrap();
         assert_eq!(a.exe_sha256, None);
         assert!(a
             .selectors
@@ -646,9 +716,9 @@ mod tests {
         assert_eq!(small.cached_digests(), 0);
 
         let big = Attestor::new(u64::MAX);
-        let first = big.attest(pid, meta.uid(), meta.gid()).unwrap();
+        let first = big.attest(pid, meta.uid(), meta.gid(), Needs::ALL).unwrap();
         assert_eq!(big.cached_digests(), 1);
-        let second = big.attest(pid, meta.uid(), meta.gid()).unwrap();
+        let second = big.attest(pid, meta.uid(), meta.gid(), Needs::ALL).unwrap();
         assert_eq!(big.cached_digests(), 1);
         assert_eq!(first.exe_sha256, second.exe_sha256);
     }
@@ -736,5 +806,61 @@ mod tests {
             .map(|d| d.join(cmd))
             .find(|p| p.is_file())
             .and_then(|p| p.canonicalize().ok())
+    }
+
+    #[test]
+    fn only_the_needed_parts_are_attested() {
+        let pid = std::process::id();
+        let meta = std::fs::metadata(format!("/proc/{pid}")).unwrap();
+        let attestor = Attestor::new(u64::MAX);
+
+        let bare = attestor
+            .attest(pid, meta.uid(), meta.gid(), Needs::default())
+            .unwrap();
+        assert!(bare.selectors.contains(&Selector::uid(meta.uid())));
+        assert!(bare
+            .selectors
+            .iter()
+            .all(|s| matches!(s.kind(), SelectorKind::UnixUid | SelectorKind::UnixGid)));
+        assert_eq!((bare.exe_path, bare.exe_sha256), (None, None));
+        assert_eq!(attestor.cached_digests(), 0, "nothing may be hashed");
+
+        let path_only = Needs {
+            path: true,
+            ..Needs::default()
+        };
+        let a = attestor
+            .attest(pid, meta.uid(), meta.gid(), path_only)
+            .unwrap();
+        assert_eq!(a.exe_path, Some(std::env::current_exe().unwrap()));
+        assert_eq!(a.exe_sha256, None);
+        assert_eq!(attestor.cached_digests(), 0);
+
+        let digest_only = Needs {
+            digest: true,
+            ..Needs::default()
+        };
+        let a = attestor
+            .attest(pid, meta.uid(), meta.gid(), digest_only)
+            .unwrap();
+        assert_eq!(a.exe_path, None);
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(
+            a.exe_sha256.as_deref(),
+            Some(sha256_file(exe.to_str().unwrap()).as_str())
+        );
+    }
+
+    #[test]
+    fn needs_follow_the_selector_kinds_in_use() {
+        let none = Needs::for_kinds(|k| k == SelectorKind::UnixUid);
+        assert_eq!(none, Needs::default());
+        assert!(!none.may_block());
+        let names = Needs::for_kinds(|k| k == SelectorKind::UnixGroup);
+        assert!(names.names && names.may_block());
+        let digest = Needs::for_kinds(|k| k == SelectorKind::UnixSha256);
+        assert!(digest.digest && !digest.path);
+        assert!(Needs::ALL.covers(digest) && !digest.covers(names));
+        assert!(digest.covers(Needs::default()));
     }
 }

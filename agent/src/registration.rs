@@ -16,6 +16,7 @@ use std::time::Duration;
 use mesh_core::id::{SpiffeId, TrustDomain};
 use serde::Serialize;
 
+use crate::attest::Needs;
 use crate::selector::{Selector, SelectorKind, SelectorSet};
 
 /// Longest hint the Workload API allows, in bytes.
@@ -68,14 +69,21 @@ impl Entry {
 pub struct Registry {
     entries: Vec<Entry>,
     uid_template: Option<TrustDomain>,
+    needs: Needs,
 }
 
 impl Registry {
     /// A registry of explicit entries, kept in the given order.
     pub fn new(entries: Vec<Entry>) -> Self {
+        let needs = Needs::for_kinds(|kind| {
+            entries
+                .iter()
+                .any(|e| e.selectors.iter().any(|s| s.kind() == kind))
+        });
         Self {
             entries,
             uid_template: None,
+            needs,
         }
     }
 
@@ -85,12 +93,19 @@ impl Registry {
         Self {
             entries: Vec::new(),
             uid_template: Some(trust_domain),
+            needs: Needs::default(),
         }
     }
 
     /// The explicit entries, in configuration order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// The optional attestation parts that matching against this registry needs: a caller
+    /// attested without them lacks only selectors no entry asks for.
+    pub fn needs(&self) -> Needs {
+        self.needs
     }
 
     /// The trust domain of the uid template, if the template is in force.
@@ -470,6 +485,25 @@ mod tests {
                 "spiffe://example.org/a-second"
             ]
         );
+    }
+
+    #[test]
+    fn needs_ask_only_for_the_attestation_parts_some_entry_uses() {
+        let uid_only = Registry::new(vec![entry("spiffe://example.org/a", &["unix:uid:1"])]);
+        assert_eq!(uid_only.needs(), Needs::default());
+        assert_eq!(Registry::uid_template(td()).needs(), Needs::default());
+
+        let mixed =
+            Registry::new(vec![
+            entry("spiffe://example.org/a", &["unix:uid:1"]),
+            entry("spiffe://example.org/b", &["unix:uid:2", "unix:group:staff"]),
+            entry(
+                "spiffe://example.org/c",
+                &["unix:sha256:0000000000000000000000000000000000000000000000000000000000000000"],
+            ),
+        ]);
+        let needs = mixed.needs();
+        assert!(needs.names && needs.digest && !needs.path, "{needs:?}");
     }
 
     #[test]

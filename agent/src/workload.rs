@@ -3,7 +3,8 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -14,7 +15,7 @@ use workload_api::{
     X509Bundles, X509Context,
 };
 
-use crate::attest::Attestor;
+use crate::attest::{Attestor, Needs};
 use crate::cache::{CacheError, SvidCache};
 use crate::metrics::{Metrics, StreamGuard};
 use crate::registration::{Entry, Registry};
@@ -57,19 +58,37 @@ impl AgentProvider {
 }
 
 impl Inner {
-    /// The caller's selectors, known to describe the process that connected.
+    /// The caller's selectors, known to describe the process that connected, with the optional
+    /// parts the registry in force needs.
     async fn attest(&self, caller: &Caller) -> Result<SelectorSet, ProviderError> {
+        let needs = self.registry.borrow().needs();
+        self.attest_for(caller, needs).await
+    }
+
+    /// The caller's selectors with the optional parts in `needs`.
+    async fn attest_for(
+        &self,
+        caller: &Caller,
+        needs: Needs,
+    ) -> Result<SelectorSet, ProviderError> {
         let pid = u32::try_from(caller.pid())
             .ok()
             .filter(|pid| *pid > 0)
             .ok_or_else(|| ProviderError::AttestationFailed("caller pid is unknown".to_owned()))?;
         let (uid, gid) = (caller.uid(), caller.gid());
-        let attestor = Arc::clone(&self.attestor);
-        // Reading /proc and hashing an executable block; keep them off the reactor.
-        let attestation = tokio::task::spawn_blocking(move || attestor.attest(pid, uid, gid))
-            .await
-            .map_err(|e| ProviderError::Internal(format!("attestation task failed: {e}")))?
-            .map_err(|e| ProviderError::AttestationFailed(e.to_string()))?;
+
+        // Reading /proc takes microseconds; NSS lookups and hashing an executable may block,
+        // so only those go to the blocking pool.
+        let attestation = if needs.may_block() {
+            let attestor = Arc::clone(&self.attestor);
+            tokio::task::spawn_blocking(move || attestor.attest(pid, uid, gid, needs))
+                .await
+                .map_err(|e| ProviderError::Internal(format!("attestation task failed: {e}")))?
+        } else {
+            self.attestor.attest(pid, uid, gid, needs)
+        }
+        .map_err(|e| ProviderError::AttestationFailed(e.to_string()))?;
+
         // What was read under /proc/<pid> belongs to the caller only if the caller still
         // exists now: a pid is not reused while its process lives.
         caller.ensure_alive()?;
@@ -81,29 +100,35 @@ impl Inner {
         self.context_of(&registry.matching(selectors))
     }
 
-    /// Like [`Inner::x509_context`] for an open stream, whose selectors never change: the
-    /// entries it matched are kept in `memo` and looked up again only when the registry
-    /// changes. Matching scans every entry, and every change of any SVID wakes every stream,
-    /// so without the memo a change costs streams times entries.
-    fn stream_x509_context(
+    /// Like [`Inner::x509_context`] for an open stream. The caller's selectors are kept in
+    /// `state` and attested again only when a new registry needs parts they were made without
+    /// (say, a `unix:sha256` entry was added). The entries it matched are kept too and looked up
+    /// again only when the registry changes: matching scans every entry, and every change of
+    /// any SVID wakes every stream, so without them a change costs streams times entries.
+    async fn stream_x509_context(
         &self,
-        selectors: &SelectorSet,
-        memo: &Mutex<Option<Matched>>,
+        caller: &Caller,
+        state: &tokio::sync::Mutex<StreamState>,
     ) -> Result<X509Context, ProviderError> {
         let registry = Arc::clone(&self.registry.borrow());
-        let mut memo = memo.lock().unwrap_or_else(PoisonError::into_inner);
-        match memo.as_ref() {
+        let mut state = state.lock().await;
+        if !state.attested_for.covers(registry.needs()) {
+            state.selectors = self.attest_for(caller, registry.needs()).await?;
+            state.attested_for = registry.needs();
+            state.matched = None;
+        }
+        match state.matched.as_ref() {
             Some(matched) if Arc::ptr_eq(&matched.registry, &registry) => {
                 self.context_of(&matched.entries)
             }
             _ => {
                 let entries: Vec<Cow<'static, Entry>> = registry
-                    .matching(selectors)
+                    .matching(&state.selectors)
                     .into_iter()
                     .map(|entry| Cow::Owned(entry.into_owned()))
                     .collect();
                 let context = self.context_of(&entries);
-                *memo = Some(Matched { registry, entries });
+                state.matched = Some(Matched { registry, entries });
                 context
             }
         }
@@ -148,6 +173,16 @@ impl Inner {
     }
 }
 
+/// What an X.509 context stream knows about its caller.
+struct StreamState {
+    /// The caller's selectors.
+    selectors: SelectorSet,
+    /// The optional attestation parts `selectors` were made with.
+    attested_for: Needs,
+    /// The entries the selectors matched in the registry last seen.
+    matched: Option<Matched>,
+}
+
 /// The entries one stream's caller matched in one version of the registry.
 struct Matched {
     registry: Arc<Registry>,
@@ -156,7 +191,7 @@ struct Matched {
 
 /// Turns a stream of "something changed" signals into a stream of snapshots, sending the first
 /// at once and later ones only when they differ from the last sent.
-fn snapshots<T, F>(
+fn snapshots<T, F, Fut>(
     first: T,
     changes: watch::Receiver<u64>,
     registry: watch::Receiver<Arc<Registry>>,
@@ -165,7 +200,8 @@ fn snapshots<T, F>(
 ) -> ProviderStream<T>
 where
     T: Clone + PartialEq + Send + Sync + 'static,
-    F: Fn() -> Result<T, ProviderError> + Send + Sync + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, ProviderError>> + Send,
 {
     struct Watch<T, F> {
         last: Option<T>,
@@ -199,7 +235,7 @@ where
                 changed = st.changes.changed() => if changed.is_err() { return None },
                 changed = st.registry.changed() => if changed.is_err() { return None },
             }
-            match (st.compute)() {
+            match (st.compute)().await {
                 Ok(item) if st.last.as_ref() == Some(&item) => {}
                 Ok(item) => {
                     st.last = Some(item.clone());
@@ -224,13 +260,15 @@ impl Provider for AgentProvider {
         let started = Instant::now();
         let inner = &self.inner;
         let result = async {
-            let selectors = inner.attest(caller).await?;
+            let needs = inner.registry.borrow().needs();
+            let selectors = inner.attest_for(caller, needs).await?;
             let first = inner.x509_context(&selectors)?;
-            Ok((selectors, first))
+            Ok((selectors, needs, first))
         }
         .await;
         inner.record("FetchX509SVID", started, &result);
-        let (selectors, first) = result.inspect_err(|error| log_refusal(caller, error))?;
+        let (selectors, attested_for, first) =
+            result.inspect_err(|error| log_refusal(caller, error))?;
 
         tracing::debug!(
             pid = caller.pid(),
@@ -240,13 +278,23 @@ impl Provider for AgentProvider {
             "X.509 context stream opened"
         );
         let provider = Arc::clone(inner);
-        let memo = Mutex::new(None);
+        let caller = caller.clone();
+        let state = Arc::new(tokio::sync::Mutex::new(StreamState {
+            selectors,
+            attested_for,
+            matched: None,
+        }));
         Ok(snapshots(
             first,
             inner.cache.subscribe(),
             inner.registry.clone(),
             inner.metrics.stream_opened(),
-            move || provider.stream_x509_context(&selectors, &memo),
+            move || {
+                let provider = Arc::clone(&provider);
+                let caller = caller.clone();
+                let state = Arc::clone(&state);
+                async move { provider.stream_x509_context(&caller, &state).await }
+            },
         ))
     }
 
@@ -270,7 +318,7 @@ impl Provider for AgentProvider {
             inner.cache.subscribe(),
             inner.registry.clone(),
             inner.metrics.stream_opened(),
-            move || Ok(provider.x509_bundles()),
+            move || std::future::ready(Ok(provider.x509_bundles())),
         ))
     }
 
@@ -294,7 +342,7 @@ impl Provider for AgentProvider {
             inner.cache.subscribe(),
             inner.registry.clone(),
             inner.metrics.stream_opened(),
-            move || Ok(provider.jwt_bundles()),
+            move || std::future::ready(Ok(provider.jwt_bundles())),
         ))
     }
 

@@ -173,6 +173,27 @@ async fn streams_follow_entries_added_to_and_removed_from_the_config_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_on_the_executable_path_reaches_a_stream_opened_before_it_existed() {
+    // With only uid entries the agent does not look at callers' executables, so this stream
+    // was attested without a path; the new entry must make the agent attest it again.
+    let agent = Agent::start(&entry(FIRST, None));
+    let (_client, mut stream) = open_stream(&agent).await;
+    assert_eq!(
+        ids(&next_context(&mut stream, "the first context").await),
+        [FIRST]
+    );
+
+    let exe = std::env::current_exe().expect("the test's executable");
+    agent.write_config(&format!(
+        "{}[[entries]]\nspiffe_id = \"{SECOND}\"\nselectors = [\"unix:path:{}\"]\n",
+        entry(FIRST, None),
+        exe.display()
+    ));
+    let both = next_context(&mut stream, "the identity granted by executable path").await;
+    assert_eq!(ids(&both), [FIRST, SECOND]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_file() {
     let mut agent = Agent::start(&entry(FIRST, None));
     let (_client, mut stream) = open_stream(&agent).await;
