@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Encode buffers sized to each message, not 8 KiB per call (see src/codec.rs).
+        .codec_path("crate::codec::SizedCodec")
         // Secret-bearing messages get hand-written Debug impls that redact.
         .skip_debug(["X509SVID", "JWTSVID", "ValidateJWTSVIDRequest"])
         .compile_fds(fds)?;

@@ -11,6 +11,7 @@
 
 pub mod authority;
 pub mod client;
+mod codec;
 pub mod endpoint;
 pub mod header;
 pub mod proto;
