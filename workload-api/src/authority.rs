@@ -8,16 +8,15 @@
 //!
 //! [`AuthorityRewriter`] sits between the accepted socket and h2. On the read side it follows the
 //! HTTP/2 framing after the client connection preface, decodes every header block (HEADERS plus
-//! CONTINUATION frames) with an HPACK decoder that tracks the client's dynamic table, replaces an
-//! `:authority` that [`http::uri::Authority`] rejects with `localhost`, and re-encodes every
-//! block without dynamic-table indexing. h2's own dynamic table therefore stays empty and always
+//! CONTINUATION frames) with the crate's own HPACK decoder, which tracks the client's dynamic
+//! table, replaces an `:authority` that [`http::uri::Authority`] rejects with `localhost`, and
+//! re-encodes every block without dynamic-table indexing. h2's own dynamic table therefore stays empty and always
 //! agrees with the blocks it receives; every other frame passes through byte for byte. The write
 //! side is untouched.
 //!
 //! A stream that does not begin with the HTTP/2 preface is passed through unchanged.
 
 use std::{
-    borrow::Cow,
     io,
     pin::Pin,
     str::FromStr,
@@ -27,6 +26,8 @@ use std::{
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
+
+use crate::hpack::{self, HpackError};
 
 /// The HTTP/2 client connection preface (RFC 9113, section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -56,7 +57,8 @@ pub struct Limits {
     /// Largest compressed header block (HEADERS plus CONTINUATION payloads), in bytes.
     pub max_block_size: usize,
     /// Largest decoded header list, counted as in SETTINGS_MAX_HEADER_LIST_SIZE (name + value +
-    /// 32 bytes per field). Protects against HPACK bombs.
+    /// 32 bytes per field). Protects against HPACK bombs: a field that would exceed it is refused
+    /// before its strings are copied or decoded.
     pub max_decoded_size: usize,
 }
 
@@ -254,7 +256,7 @@ struct Rewriter {
     input: BytesMut,
     /// A header block waiting for its CONTINUATION frames.
     block: Option<PendingBlock>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: hpack::Decoder,
     rewritten: u64,
 }
 
@@ -289,14 +291,12 @@ impl std::fmt::Debug for Rewriter {
 
 impl Rewriter {
     fn new(limits: Limits) -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(MAX_DYNAMIC_TABLE_SIZE);
         Self {
             limits,
             state: State::Preface,
             input: BytesMut::new(),
             block: None,
-            decoder,
+            decoder: hpack::Decoder::new(MAX_DYNAMIC_TABLE_SIZE),
             rewritten: 0,
         }
     }
@@ -413,32 +413,25 @@ impl Rewriter {
     /// CONTINUATION frames without dynamic-table references.
     fn emit_block(&mut self, block: PendingBlock, out: &mut BytesMut) -> Result<(), RewriteError> {
         let limit = self.limits.max_decoded_size;
-        let mut decoded_size = 0usize;
-        let mut too_large = false;
         let mut rewritten = false;
         let mut encoded = Vec::with_capacity(block.fragment.len() + 16);
 
         self.decoder
-            .decode_with_cb(&block.fragment, |name: Cow<[u8]>, value: Cow<[u8]>| {
-                decoded_size = decoded_size.saturating_add(name.len() + value.len() + 32);
-                if too_large || decoded_size > limit {
-                    too_large = true;
-                    return;
-                }
-                if name.as_ref() == b":authority" && !is_acceptable_authority(&value) {
+            .decode(&block.fragment, limit, |name, value| {
+                if name == b":authority" && !is_acceptable_authority(value) {
                     rewritten = true;
-                    encode_field(&mut encoded, &name, REPLACEMENT_AUTHORITY);
+                    encode_field(&mut encoded, name, REPLACEMENT_AUTHORITY);
                 } else {
-                    encode_field(&mut encoded, &name, &value);
+                    encode_field(&mut encoded, name, value);
                 }
             })
-            .map_err(|error| RewriteError::Hpack {
-                stream_id: block.stream_id,
-                reason: format!("{error:?}"),
+            .map_err(|error| match error {
+                HpackError::DecodedTooLarge { .. } => RewriteError::DecodedTooLarge { limit },
+                error => RewriteError::Hpack {
+                    stream_id: block.stream_id,
+                    reason: error.to_string(),
+                },
             })?;
-        if too_large {
-            return Err(RewriteError::DecodedTooLarge { limit });
-        }
         if rewritten {
             self.rewritten += 1;
             tracing::trace!(

@@ -14,6 +14,7 @@ pub mod client;
 mod codec;
 pub mod endpoint;
 pub mod header;
+mod hpack;
 pub mod proto;
 pub mod provider;
 pub mod server;
