@@ -20,7 +20,9 @@
 //! Only the selector kinds some registration entry uses are worth their cost: names need NSS
 //! lookups (files, possibly LDAP), paths a few more `/proc` reads, digests reading the whole
 //! executable once. [`Needs`] says which of these parts to carry out; uid and gid selectors
-//! come from `/proc/<pid>/status` and are always produced.
+//! come from `/proc/<pid>/status` and are always produced. [`Needs::kubernetes`] asks for the
+//! `k8s:` selectors, which the [`KubernetesAttestor`](crate::k8s::KubernetesAttestor) produces
+//! (asynchronously, from the kubelet); this attestor ignores it.
 //!
 //! All functions here block on file I/O (and, for names, possibly on NSS lookups); call them
 //! from `tokio::task::spawn_blocking` in async code unless [`Needs::may_block`] is false.
@@ -106,6 +108,8 @@ pub struct Needs {
     pub path: bool,
     /// `unix:sha256`: the executable's digest (cached per file version).
     pub digest: bool,
+    /// `k8s:*`: the pod and container, from the cgroup file and the kubelet.
+    pub kubernetes: bool,
 }
 
 impl Needs {
@@ -114,6 +118,7 @@ impl Needs {
         names: true,
         path: true,
         digest: true,
+        kubernetes: true,
     };
 
     /// What it takes to produce selectors of the kinds for which `uses` is true.
@@ -122,15 +127,22 @@ impl Needs {
             names: uses(SelectorKind::UnixUser) || uses(SelectorKind::UnixGroup),
             path: uses(SelectorKind::UnixPath),
             digest: uses(SelectorKind::UnixSha256),
+            kubernetes: SelectorKind::ALL
+                .into_iter()
+                .any(|k| k.attestor() == "k8s" && uses(k)),
         }
     }
 
     /// Whether an attestation made with `self` has every selector one with `other` has.
     pub fn covers(self, other: Needs) -> bool {
-        (self.names || !other.names) && (self.path || !other.path) && (self.digest || !other.digest)
+        (self.names || !other.names)
+            && (self.path || !other.path)
+            && (self.digest || !other.digest)
+            && (self.kubernetes || !other.kubernetes)
     }
 
     /// Whether attesting may wait on more than `/proc`: NSS lookups or hashing an executable.
+    /// The kubelet is asked asynchronously, so [`Needs::kubernetes`] does not count.
     pub fn may_block(self) -> bool {
         self.names || self.digest
     }
@@ -862,5 +874,8 @@ mod tests {
         assert!(digest.digest && !digest.path);
         assert!(Needs::ALL.covers(digest) && !digest.covers(names));
         assert!(digest.covers(Needs::default()));
+        let k8s = Needs::for_kinds(|k| k == SelectorKind::K8sContainerName);
+        assert!(k8s.kubernetes && !k8s.may_block());
+        assert!(!digest.covers(k8s) && Needs::ALL.covers(k8s));
     }
 }

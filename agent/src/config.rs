@@ -13,6 +13,14 @@
 //! When the file has no `entries` key at all (or there is no file), the agent grants every
 //! local user N the identity `spiffe://<trust_domain>/unix/uid/<N>`. As soon as `entries` is
 //! present, even as an empty list, only the listed entries apply.
+//!
+//! # Kubernetes
+//!
+//! A `[kubernetes]` table turns on the Kubernetes attestor: callers running in a pod
+//! container get `k8s:ns`, `k8s:sa`, `k8s:pod-label` and `k8s:container-name` selectors from
+//! the kubelet. With the table and no `entries`, the *pod template* replaces the uid template:
+//! every pod gets `spiffe://<trust_domain>/ns/<namespace>/sa/<service account>`, unless the
+//! table says `pod_template = false`. Like entries, the table is read only from the file.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +33,7 @@ use mesh_core::id::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::k8s::kubelet::{KubeletUrl, DEFAULT_CA_PATH, DEFAULT_TOKEN_PATH};
 use crate::logging::{self, LogFormat};
 use crate::registration::{check_entries, Entry, EntryField, Registry};
 use crate::selector::{Selector, SelectorSet};
@@ -88,18 +97,39 @@ pub struct Config {
     /// The 1-based line in the file where each entry starts, in the order of `entries`.
     #[serde(skip)]
     pub entry_lines: Vec<usize>,
+    /// The `[kubernetes]` table, if the file has one: the Kubernetes attestor is on.
+    pub kubernetes: Option<KubernetesConfig>,
     /// The file this configuration was read from, if any.
     pub source: Option<PathBuf>,
 }
 
 impl Config {
-    /// The registry the entries (or the uid template) make.
+    /// The registry the entries (or the pod or uid template) make.
     pub fn registry(&self) -> Registry {
-        match &self.entries {
-            Some(entries) => Registry::new(entries.clone()),
-            None => Registry::uid_template(self.trust_domain.clone()),
+        match (&self.entries, &self.kubernetes) {
+            (Some(entries), _) => Registry::new(entries.clone()),
+            (None, Some(k)) if k.pod_template => Registry::pod_template(self.trust_domain.clone()),
+            (None, _) => Registry::uid_template(self.trust_domain.clone()),
         }
     }
+}
+
+/// The `[kubernetes]` table: how the agent asks the kubelet about callers in pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KubernetesConfig {
+    /// The kubelet, `https://HOST:PORT` (or `http://` for the read-only port); `None` means
+    /// the host in `KUBELET_HOST` or `NODE_NAME` when the agent starts, else `127.0.0.1`, on
+    /// port 10250.
+    pub kubelet_url: Option<KubeletUrl>,
+    /// The service account token sent to the kubelet, read before each request.
+    pub token_path: PathBuf,
+    /// PEM CA certificates that sign the kubelet's serving certificate.
+    pub ca_path: PathBuf,
+    /// Accept any kubelet certificate; for clusters whose kubelets serve self-signed ones.
+    pub skip_kubelet_verification: bool,
+    /// Whether the pod template is in force: every pod gets
+    /// `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`. Never true alongside entries.
+    pub pod_template: bool,
 }
 
 pub use mesh_core::KeyType;
@@ -602,6 +632,11 @@ impl ConfigLoader {
             (None, _) => None,
         };
 
+        let kubernetes = raw
+            .kubernetes
+            .as_ref()
+            .map(|k| r.kubernetes(k, raw.entries.is_some()));
+
         if !r.problems.is_empty() {
             return Err(ConfigError::Invalid(r.problems));
         }
@@ -644,6 +679,7 @@ impl ConfigLoader {
                 _ => Vec::new(),
             },
             entries,
+            kubernetes,
             source: self.path.clone(),
         })
     }
@@ -842,7 +878,18 @@ struct RawFile {
     ca_key: Option<Spanned<String>>,
     ca_chain: Option<Spanned<String>>,
     max_exe_hash_bytes: Option<Spanned<u64>>,
+    kubernetes: Option<RawKubernetes>,
     entries: Option<Vec<Spanned<RawEntry>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    kubelet_url: Option<Spanned<String>>,
+    token_path: Option<Spanned<String>>,
+    ca_path: Option<Spanned<String>>,
+    skip_kubelet_verification: Option<bool>,
+    pod_template: Option<Spanned<bool>>,
 }
 
 impl RawFile {
@@ -929,6 +976,56 @@ impl Resolver<'_> {
         } else {
             Origin::Combination
         }
+    }
+
+    /// The `[kubernetes]` table; `has_entries` says whether the file lists entries, which rule
+    /// out the pod template.
+    fn kubernetes(&mut self, raw: &RawKubernetes, has_entries: bool) -> KubernetesConfig {
+        let mut config = KubernetesConfig {
+            kubelet_url: None,
+            token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
+            ca_path: PathBuf::from(DEFAULT_CA_PATH),
+            skip_kubelet_verification: raw.skip_kubelet_verification.unwrap_or(false),
+            pod_template: !has_entries,
+        };
+        let Some(file) = self.file else {
+            return config;
+        };
+        if let Some(url) = &raw.kubelet_url {
+            match url.get_ref().parse::<KubeletUrl>() {
+                Ok(u) => config.kubelet_url = Some(u),
+                Err(message) => self
+                    .problems
+                    .push(file.problem(url.span(), format!("kubernetes.kubelet_url: {message}"))),
+            }
+        }
+        for (key, value, target) in [
+            ("token_path", &raw.token_path, &mut config.token_path),
+            ("ca_path", &raw.ca_path, &mut config.ca_path),
+        ] {
+            if let Some(v) = value {
+                match parse_path(v.get_ref()) {
+                    Ok(path) => *target = path,
+                    Err(message) => self
+                        .problems
+                        .push(file.problem(v.span(), format!("kubernetes.{key}: {message}"))),
+                }
+            }
+        }
+        if let Some(template) = &raw.pod_template {
+            if *template.get_ref() && has_entries {
+                self.problems.push(
+                    file.problem(
+                        template.span(),
+                        "kubernetes.pod_template = true has no effect while entries are \
+                     configured; remove it or the entries"
+                            .to_owned(),
+                    ),
+                );
+            }
+            config.pod_template = *template.get_ref() && !has_entries;
+        }
+        config
     }
 
     fn entries(

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod attest;
 pub mod cache;
 pub mod config;
+pub mod k8s;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -8,6 +8,10 @@
 //! template*: every local user N gets `spiffe://<trust domain>/unix/uid/<N>`, selected by
 //! `unix:uid:<N>`. That makes a freshly started agent useful with no configuration, and it
 //! never applies alongside explicit entries.
+//!
+//! On Kubernetes the *pod template* takes its place: every pod gets
+//! `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`, selected by `k8s:ns` and
+//! `k8s:sa`, so every container of a pod shares the identity of its service account.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -24,6 +28,9 @@ pub const MAX_HINT_LEN: usize = 1024;
 
 /// Path prefix of the identities the uid template grants.
 pub const UID_TEMPLATE_PATH: &str = "/unix/uid/";
+
+/// The identity pattern of the pod template, after the trust domain.
+pub const POD_TEMPLATE_PATTERN: &str = "/ns/<namespace>/sa/<service account>";
 
 /// One registration entry: the identity that workloads with all of `selectors` receive.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -68,8 +75,17 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Registry {
     entries: Vec<Entry>,
-    uid_template: Option<TrustDomain>,
+    template: Option<Template>,
     needs: Needs,
+}
+
+/// A rule that makes an entry for each workload instead of listing entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Template {
+    /// `spiffe://<td>/unix/uid/<uid>`.
+    Uid(TrustDomain),
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    Pod(TrustDomain),
 }
 
 impl Registry {
@@ -82,7 +98,7 @@ impl Registry {
         });
         Self {
             entries,
-            uid_template: None,
+            template: None,
             needs,
         }
     }
@@ -92,8 +108,21 @@ impl Registry {
     pub fn uid_template(trust_domain: TrustDomain) -> Self {
         Self {
             entries: Vec::new(),
-            uid_template: Some(trust_domain),
+            template: Some(Template::Uid(trust_domain)),
             needs: Needs::default(),
+        }
+    }
+
+    /// A registry with no entries that grants every pod the identity
+    /// `spiffe://<trust_domain>/ns/<namespace>/sa/<service account>`.
+    pub fn pod_template(trust_domain: TrustDomain) -> Self {
+        Self {
+            entries: Vec::new(),
+            template: Some(Template::Pod(trust_domain)),
+            needs: Needs {
+                kubernetes: true,
+                ..Needs::default()
+            },
         }
     }
 
@@ -110,7 +139,28 @@ impl Registry {
 
     /// The trust domain of the uid template, if the template is in force.
     pub fn uid_template_domain(&self) -> Option<&TrustDomain> {
-        self.uid_template.as_ref()
+        match &self.template {
+            Some(Template::Uid(td)) => Some(td),
+            _ => None,
+        }
+    }
+
+    /// The trust domain of the pod template, if the template is in force.
+    pub fn pod_template_domain(&self) -> Option<&TrustDomain> {
+        match &self.template {
+            Some(Template::Pod(td)) => Some(td),
+            _ => None,
+        }
+    }
+
+    /// Whether this registry grants `entry`: it is one of the explicit entries, or the entry
+    /// the template in force makes for a workload with the entry's selectors. A cache keeps
+    /// the SVIDs of exactly these entries.
+    pub fn grants(&self, entry: &Entry) -> bool {
+        self.entries.contains(entry)
+            || self
+                .template_entry(&entry.selectors)
+                .is_some_and(|made| &made == entry)
     }
 
     /// The entries that match a workload with `selectors`, in configuration order; the first is
@@ -149,17 +199,21 @@ impl Registry {
                 }
             })
             .collect();
-        if self.uid_template.is_some() {
+        if let Some(template) = &self.template {
             let entry = self.template_entry(selectors);
+            let (source, needed): (_, &[&str]) = match template {
+                Template::Uid(_) => (RuleSource::UidTemplate, &["unix:uid:<any>"]),
+                Template::Pod(_) => (RuleSource::PodTemplate, &["k8s:ns:<any>", "k8s:sa:<any>"]),
+            };
             verdicts.push(Verdict {
-                source: RuleSource::UidTemplate,
+                source,
                 spiffe_id: entry.as_ref().map(|e| e.spiffe_id.clone()),
                 hint: None,
                 matched: entry.is_some(),
                 missing: if entry.is_some() {
                     Vec::new()
                 } else {
-                    vec!["unix:uid:<any>".to_owned()]
+                    needed.iter().map(|s| (*s).to_owned()).collect()
                 },
                 default: false,
             });
@@ -170,23 +224,38 @@ impl Registry {
         Explanation {
             selectors: selectors.iter().map(|s| s.to_string()).collect(),
             uid_template: self
-                .uid_template
-                .as_ref()
+                .uid_template_domain()
                 .map(|td| format!("spiffe://{}{UID_TEMPLATE_PATH}<uid>", td.name())),
+            pod_template: self
+                .pod_template_domain()
+                .map(|td| format!("spiffe://{}{POD_TEMPLATE_PATTERN}", td.name())),
             entries: verdicts,
         }
     }
 
     fn template_entry(&self, selectors: &SelectorSet) -> Option<Entry> {
-        let td = self.uid_template.as_ref()?;
-        let uid = selectors
-            .iter()
-            .find(|s| s.kind() == SelectorKind::UnixUid)?;
-        // A uid selector holds a canonical decimal number, which is a valid path segment.
-        let id = td
-            .workload_id(&format!("{UID_TEMPLATE_PATH}{}", uid.value()))
-            .ok()?;
-        Some(Entry::new(id, SelectorSet::from([uid.clone()])))
+        let of_kind = |kind| selectors.iter().find(|s| s.kind() == kind);
+        match self.template.as_ref()? {
+            Template::Uid(td) => {
+                let uid = of_kind(SelectorKind::UnixUid)?;
+                // A uid selector holds a canonical decimal number, which is a valid path
+                // segment.
+                let id = td
+                    .workload_id(&format!("{UID_TEMPLATE_PATH}{}", uid.value()))
+                    .ok()?;
+                Some(Entry::new(id, SelectorSet::from([uid.clone()])))
+            }
+            Template::Pod(td) => {
+                let ns = of_kind(SelectorKind::K8sNamespace)?;
+                let sa = of_kind(SelectorKind::K8sServiceAccount)?;
+                // Kubernetes names are DNS labels or subdomains, valid path segments; anything
+                // else is refused by `workload_id` and gets no identity.
+                let id = td
+                    .workload_id(&format!("/ns/{}/sa/{}", ns.value(), sa.value()))
+                    .ok()?;
+                Some(Entry::new(id, SelectorSet::from([ns.clone(), sa.clone()])))
+            }
+        }
     }
 }
 
@@ -197,6 +266,8 @@ pub struct Explanation {
     pub selectors: Vec<String>,
     /// The identity pattern of the uid template, if it is in force.
     pub uid_template: Option<String>,
+    /// The identity pattern of the pod template, if it is in force.
+    pub pod_template: Option<String>,
     /// One verdict per entry (and one for the uid template), in configuration order.
     pub entries: Vec<Verdict>,
 }
@@ -217,7 +288,7 @@ impl Explanation {
 pub struct Verdict {
     /// Which rule this verdict is about.
     pub source: RuleSource,
-    /// The identity the rule grants; `None` for the uid template when it does not match.
+    /// The identity the rule grants; `None` for a template that does not match.
     pub spiffe_id: Option<SpiffeId>,
     /// The entry's hint.
     pub hint: Option<String>,
@@ -240,6 +311,8 @@ pub enum RuleSource {
     },
     /// The uid template that applies when no entries are configured.
     UidTemplate,
+    /// The pod template that applies on Kubernetes when no entries are configured.
+    PodTemplate,
 }
 
 /// The part of an entry a [`EntryProblem`] is about, so that callers can point at it.
@@ -517,6 +590,74 @@ mod tests {
         );
         assert_eq!(got[0].selectors, sels(&["unix:uid:1000"]));
         assert!(reg.matching(&sels(&["k8s:ns:prod"])).is_empty());
+    }
+
+    #[test]
+    fn pod_template_grants_each_service_account_its_own_id() {
+        let reg = Registry::pod_template(td());
+        assert!(reg.needs().kubernetes, "the template needs k8s selectors");
+        let got = reg.matching(&sels(&[
+            "unix:uid:1000",
+            "k8s:ns:shop",
+            "k8s:sa:orders",
+            "k8s:container-name:mesh-proxy",
+            "k8s:pod-label:app:orders",
+        ]));
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].spiffe_id.as_str(),
+            "spiffe://example.org/ns/shop/sa/orders"
+        );
+        assert_eq!(got[0].selectors, sels(&["k8s:ns:shop", "k8s:sa:orders"]));
+        assert!(reg.grants(&got[0]));
+        // Outside a pod, or in a pod with no service account, there is no identity.
+        assert!(reg.matching(&sels(&["unix:uid:1000"])).is_empty());
+        assert!(reg.matching(&sels(&["k8s:ns:kube-system"])).is_empty());
+        assert_eq!(reg.uid_template_domain(), None);
+        assert_eq!(reg.pod_template_domain(), Some(&td()));
+    }
+
+    #[test]
+    fn grants_covers_explicit_and_template_made_entries_only() {
+        let explicit = entry("spiffe://example.org/a", &["unix:uid:1"]);
+        let listed = Registry::new(vec![explicit.clone()]);
+        assert!(listed.grants(&explicit));
+        let uid = Registry::uid_template(td());
+        assert!(!uid.grants(&explicit));
+        let made = uid.matching(&sels(&["unix:uid:1"]))[0].clone().into_owned();
+        assert!(uid.grants(&made));
+        assert!(!Registry::pod_template(td()).grants(&made));
+        let forged = entry("spiffe://example.org/ns/x/sa/y", &["k8s:ns:x", "k8s:sa:z"]);
+        assert!(!Registry::pod_template(td()).grants(&forged));
+    }
+
+    #[test]
+    fn explain_covers_the_pod_template() {
+        let reg = Registry::pod_template(td());
+        let ex = reg.explain(&sels(&["k8s:ns:shop", "k8s:sa:orders"]));
+        assert_eq!(ex.entries[0].source, RuleSource::PodTemplate);
+        assert!(ex.entries[0].matched && ex.entries[0].default);
+        assert_eq!(
+            ex.pod_template.as_deref(),
+            Some("spiffe://example.org/ns/<namespace>/sa/<service account>")
+        );
+        assert_eq!(ex.uid_template, None);
+        let none = reg.explain(&sels(&["unix:uid:0"]));
+        assert_eq!(none.entries[0].missing, ["k8s:ns:<any>", "k8s:sa:<any>"]);
+    }
+
+    #[test]
+    fn entries_with_k8s_selectors_need_kubernetes_attestation() {
+        let reg = Registry::new(vec![entry(
+            "spiffe://example.org/a",
+            &["k8s:ns:shop", "k8s:container-name:mesh-proxy"],
+        )]);
+        assert!(reg.needs().kubernetes);
+        assert!(
+            !Registry::new(vec![entry("spiffe://example.org/a", &["unix:uid:1"])])
+                .needs()
+                .kubernetes
+        );
     }
 
     #[test]

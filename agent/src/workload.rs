@@ -1,9 +1,13 @@
 //! The agent's Workload API provider: attests each caller, finds its registration entries, and
 //! answers from the SVID cache.
+//!
+//! A caller is attested by the Unix attestor and, when the registry needs `k8s:` selectors and
+//! a [`KubernetesAttestor`] is configured, by the kubelet after it.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +21,7 @@ use workload_api::{
 
 use crate::attest::{Attestor, Needs};
 use crate::cache::{CacheError, SvidCache};
+use crate::k8s::KubernetesAttestor;
 use crate::metrics::{Metrics, StreamGuard};
 use crate::registration::{Entry, Registry};
 use crate::selector::SelectorSet;
@@ -33,16 +38,33 @@ struct Inner {
     cache: Arc<SvidCache>,
     registry: watch::Receiver<Arc<Registry>>,
     attestor: Arc<Attestor>,
+    kubernetes: Option<Arc<KubernetesAttestor>>,
+    /// Set once the missing Kubernetes attestor has been warned about.
+    warned_no_kubernetes: AtomicBool,
     metrics: Metrics,
 }
 
 impl AgentProvider {
-    /// A provider over `cache`, following the registry in `registry`.
+    /// A provider over `cache`, following the registry in `registry`, attesting callers with
+    /// the Unix attestor only.
     pub fn new(
         trust_domain: TrustDomain,
         cache: Arc<SvidCache>,
         registry: watch::Receiver<Arc<Registry>>,
         attestor: Arc<Attestor>,
+        metrics: Metrics,
+    ) -> Self {
+        Self::with_kubernetes(trust_domain, cache, registry, attestor, None, metrics)
+    }
+
+    /// As [`AgentProvider::new`], with the Kubernetes attestor (if any) adding `k8s:`
+    /// selectors when the registry in force uses them.
+    pub fn with_kubernetes(
+        trust_domain: TrustDomain,
+        cache: Arc<SvidCache>,
+        registry: watch::Receiver<Arc<Registry>>,
+        attestor: Arc<Attestor>,
+        kubernetes: Option<Arc<KubernetesAttestor>>,
         metrics: Metrics,
     ) -> Self {
         Self {
@@ -51,6 +73,8 @@ impl AgentProvider {
                 cache,
                 registry,
                 attestor,
+                kubernetes,
+                warned_no_kubernetes: AtomicBool::new(false),
                 metrics,
             }),
         }
@@ -88,11 +112,40 @@ impl Inner {
             self.attestor.attest(pid, uid, gid, needs)
         }
         .map_err(|e| ProviderError::AttestationFailed(e.to_string()))?;
+        let mut selectors = attestation.selectors;
+        if needs.kubernetes {
+            self.add_kubernetes_selectors(pid, &mut selectors).await?;
+        }
 
         // What was read under /proc/<pid> belongs to the caller only if the caller still
         // exists now: a pid is not reused while its process lives.
         caller.ensure_alive()?;
-        Ok(attestation.selectors)
+        Ok(selectors)
+    }
+
+    /// Adds the `k8s:` selectors of process `pid`, if it runs in a pod container.
+    async fn add_kubernetes_selectors(
+        &self,
+        pid: u32,
+        selectors: &mut SelectorSet,
+    ) -> Result<(), ProviderError> {
+        let Some(kubernetes) = &self.kubernetes else {
+            if !self.warned_no_kubernetes.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "registration uses k8s: selectors but the Kubernetes attestor is off (no \
+                     [kubernetes] table when the agent started); no caller has them"
+                );
+            }
+            return Ok(());
+        };
+        let pod = kubernetes
+            .attest(pid)
+            .await
+            .map_err(|e| ProviderError::AttestationFailed(e.to_string()))?;
+        if let Some(pod) = pod {
+            selectors.extend(pod.selectors());
+        }
+        Ok(())
     }
 
     fn x509_context(&self, selectors: &SelectorSet) -> Result<X509Context, ProviderError> {
