@@ -1488,6 +1488,107 @@ ttl = "48h"
     }
 
     #[test]
+    fn example_kubernetes_table_parses_once_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: String = text
+            .lines()
+            .skip_while(|l| *l != "# [kubernetes]")
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect();
+        assert!(table.starts_with("[kubernetes]\n"), "{table}");
+        let c = load(&table).unwrap_or_else(|e| panic!("{e}\n{table}"));
+        let k = c.kubernetes.unwrap();
+        assert_eq!(
+            k.kubelet_url.map(|u| u.to_string()).as_deref(),
+            Some("https://127.0.0.1:10250")
+        );
+        assert_eq!(k.token_path, Path::new(DEFAULT_TOKEN_PATH));
+        assert!(k.pod_template && !k.skip_kubelet_verification);
+    }
+
+    #[test]
+    fn a_kubernetes_table_without_entries_puts_the_pod_template_in_force() {
+        let c = load("trust_domain = \"prod.acme\"\n[kubernetes]\n").unwrap();
+        let k = c.kubernetes.as_ref().unwrap();
+        assert_eq!(k.kubelet_url, None);
+        assert_eq!(k.token_path, Path::new(DEFAULT_TOKEN_PATH));
+        assert_eq!(k.ca_path, Path::new(DEFAULT_CA_PATH));
+        assert!(!k.skip_kubelet_verification);
+        assert!(k.pod_template);
+        let reg = c.registry();
+        assert!(reg.needs().kubernetes);
+        let sels: SelectorSet = ["k8s:ns:shop", "k8s:sa:orders", "unix:uid:1000"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let granted = reg.matching(&sels);
+        assert_eq!(granted.len(), 1, "the uid template is not in force too");
+        assert_eq!(
+            granted[0].spiffe_id.as_str(),
+            "spiffe://prod.acme/ns/shop/sa/orders"
+        );
+    }
+
+    #[test]
+    fn every_kubernetes_key_is_read() {
+        let text = r#"
+[kubernetes]
+kubelet_url = "https://10.20.0.11:10250"
+token_path = "/run/secrets/token"
+ca_path = "/etc/kubelet-ca.pem"
+skip_kubelet_verification = true
+pod_template = false
+"#;
+        let c = load(text).unwrap();
+        let k = c.kubernetes.unwrap();
+        assert_eq!(
+            k.kubelet_url.map(|u| u.to_string()).as_deref(),
+            Some("https://10.20.0.11:10250")
+        );
+        assert_eq!(k.token_path, Path::new("/run/secrets/token"));
+        assert_eq!(k.ca_path, Path::new("/etc/kubelet-ca.pem"));
+        assert!(k.skip_kubelet_verification);
+        assert!(!k.pod_template);
+        // Without the pod template and without entries, the uid template applies.
+        let c = load("[kubernetes]\npod_template = false\n").unwrap();
+        assert!(c.registry().uid_template_domain().is_some());
+    }
+
+    #[test]
+    fn entries_turn_the_pod_template_off_and_may_not_ask_for_it() {
+        let c = load(&format!("{MINIMAL}[kubernetes]\n")).unwrap();
+        assert!(!c.kubernetes.as_ref().unwrap().pod_template);
+        assert_eq!(c.registry().pod_template_domain(), None);
+
+        let p = problems(&format!("{MINIMAL}[kubernetes]\npod_template = true\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("agent.toml:10:16: "), "{}", p[0]);
+        assert!(p[0].contains("pod_template"), "{}", p[0]);
+    }
+
+    #[test]
+    fn bad_kubernetes_values_are_reported_at_their_line() {
+        let p = problems("[kubernetes]\nkubelet_url = \"10.0.0.1:10250\"\ntoken_path = \"\"\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("agent.toml:2:15: kubernetes.kubelet_url:")
+                && p[0].contains("10.0.0.1:10250"),
+            "{}",
+            p[0]
+        );
+        assert!(
+            p[1].starts_with("agent.toml:3:14: kubernetes.token_path:"),
+            "{}",
+            p[1]
+        );
+        let p = problems("trust_domain = \"example.org\"\n[kubernetes]\nkubelet = \"x\"\n");
+        assert!(p[0].starts_with("agent.toml:3:1: "), "{}", p[0]);
+        assert!(p[0].contains("kubelet"), "{}", p[0]);
+    }
+
+    #[test]
     fn every_setting_has_a_flag_that_overrides_it() {
         use clap::Parser;
 

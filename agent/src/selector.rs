@@ -17,8 +17,8 @@ pub type SelectorSet = BTreeSet<Selector>;
 
 /// The property a selector describes, with the attestor type it belongs to.
 ///
-/// The Kubernetes kinds parse today so that entries can be written for them; no attestor in
-/// this agent produces them yet.
+/// The Kubernetes kinds are produced by [`KubernetesAttestor`](crate::k8s::KubernetesAttestor)
+/// for callers in a pod container, when the agent has a `[kubernetes]` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum SelectorKind {
