@@ -1509,6 +1509,49 @@ ttl = "48h"
     }
 
     #[test]
+    fn deploy_manifest_carries_a_valid_kubernetes_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.yaml");
+        let manifest = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = manifest.lines().collect();
+        let start = lines
+            .iter()
+            .position(|l| l.trim() == "agent.toml: |")
+            .expect("agent.yaml has an agent.toml ConfigMap key");
+        let indent = lines[start].len() - lines[start].trim_start().len() + 2;
+        let text: String = lines[start + 1..]
+            .iter()
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+            .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+            .collect();
+
+        let c = load(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+        let k = c.kubernetes.as_ref().expect("the agent attests pods");
+        assert_eq!(k.kubelet_url, None, "the kubelet comes from KUBELET_HOST");
+        assert!(!k.skip_kubelet_verification);
+        let reg = c.registry();
+        assert!(reg.needs().kubernetes);
+        let proxy: SelectorSet = [
+            "k8s:ns:shop",
+            "k8s:sa:orders",
+            "k8s:container-name:mesh-proxy",
+            "k8s:pod-label:app.kubernetes.io/name:orders",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let granted = reg.matching(&proxy);
+        assert_eq!(
+            granted[0].spiffe_id.as_str(),
+            "spiffe://example.org/ns/shop/sa/orders"
+        );
+        let mut app = proxy.clone();
+        app.remove(&"k8s:container-name:mesh-proxy".parse().unwrap());
+        app.insert("k8s:container-name:orders".parse().unwrap());
+        assert!(reg.matching(&app).is_empty(), "only the proxy container");
+    }
+
+    #[test]
     fn a_kubernetes_table_without_entries_puts_the_pod_template_in_force() {
         let c = load("trust_domain = \"prod.acme\"\n[kubernetes]\n").unwrap();
         let k = c.kubernetes.as_ref().unwrap();
