@@ -145,6 +145,15 @@ pub enum KubeletError {
         /// The error.
         source: serde_json::Error,
     },
+    /// A fetch failed moments ago; callers that waited for it share its failure rather than
+    /// each waiting for one of their own.
+    #[error("the kubelet at {url} could not be asked moments ago: {reason}")]
+    RecentFailure {
+        /// The URL.
+        url: KubeletUrl,
+        /// The failure.
+        reason: String,
+    },
     /// The container is not in the kubelet's pod list, even after fetching it again.
     #[error(
         "container `{container_id}` of pod `{pod_uid}` is not in the kubelet's pod list \
@@ -306,8 +315,9 @@ pub struct KubeletOptions {
 }
 
 impl KubeletOptions {
-    /// Options for `url` with the service account's token and CA, a 1 s cache, and up to 20
-    /// lists 250 ms apart (about 5 s) for a container the kubelet does not know yet.
+    /// Options for `url` with the service account's token and CA, a 1 s cache, up to 20 lists
+    /// 250 ms apart (about 5 s) for a container the kubelet does not know yet, and 5 s per
+    /// request.
     pub fn new(url: KubeletUrl) -> Self {
         Self {
             url,
@@ -317,7 +327,7 @@ impl KubeletOptions {
             cache_for: Duration::from_secs(1),
             retry_interval: Duration::from_millis(250),
             max_attempts: 20,
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -327,8 +337,16 @@ impl KubeletOptions {
 pub struct KubeletClient {
     options: KubeletOptions,
     tls: Tls,
-    cache: tokio::sync::Mutex<Option<Fetched>>,
+    cache: tokio::sync::Mutex<Cache>,
     fetches: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// The last pod list fetched.
+    fetched: Option<Fetched>,
+    /// When the last fetch failed, and why, if it failed after `fetched` was fetched.
+    failed: Option<(Instant, String)>,
 }
 
 #[derive(Debug)]
@@ -380,7 +398,7 @@ impl KubeletClient {
         Ok(Self {
             options,
             tls,
-            cache: tokio::sync::Mutex::new(None),
+            cache: tokio::sync::Mutex::new(Cache::default()),
             fetches: AtomicU64::new(0),
         })
     }
@@ -443,22 +461,40 @@ impl KubeletClient {
 
     /// A pod list fetched less than `cache_for` ago and, if `newer_than` is given, after the
     /// list of that number; fetches one otherwise. One fetch runs at a time, and callers that
-    /// waited for it use its result.
+    /// waited for it use its result, or its failure if it failed less than `cache_for` ago.
     async fn pod_list(&self, newer_than: Option<u64>) -> Result<(Arc<PodList>, u64), KubeletError> {
         let mut cache = self.cache.lock().await;
-        if let Some(f) = cache.as_ref() {
+        if let Some(f) = &cache.fetched {
             let fresh = f.at.elapsed() < self.options.cache_for;
             if fresh && newer_than.is_none_or(|n| f.number > n) {
                 return Ok((Arc::clone(&f.pods), f.number));
             }
         }
-        let pods = Arc::new(self.fetch().await?);
+        if let Some((at, reason)) = &cache.failed {
+            if at.elapsed() < self.options.cache_for {
+                return Err(KubeletError::RecentFailure {
+                    url: self.options.url.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        let pods = match self.fetch().await {
+            Ok(pods) => Arc::new(pods),
+            Err(error) => {
+                tracing::warn!(url = %self.options.url, %error, "cannot fetch the kubelet's pod list");
+                cache.failed = Some((Instant::now(), error.to_string()));
+                return Err(error);
+            }
+        };
         let number = self.fetches.fetch_add(1, Ordering::Relaxed) + 1;
-        *cache = Some(Fetched {
-            pods: Arc::clone(&pods),
-            at: Instant::now(),
-            number,
-        });
+        *cache = Cache {
+            fetched: Some(Fetched {
+                pods: Arc::clone(&pods),
+                at: Instant::now(),
+                number,
+            }),
+            failed: None,
+        };
         Ok((pods, number))
     }
 

@@ -457,6 +457,32 @@ async fn an_unreachable_kubelet_is_reported_with_its_url() {
     );
 }
 
+#[tokio::test]
+async fn callers_waiting_on_a_failed_fetch_share_its_failure() {
+    let kubelet = TestKubelet::start(true, Some("right"), vec![fixture()]).await;
+    let files = Files::new("wrong", &kubelet.pki.ca_pem);
+    let mut options = files.options(kubelet.url("https"));
+    options.cache_for = Duration::from_millis(300);
+    let client = KubeletClient::new(options).unwrap();
+
+    assert!(matches!(
+        client.pods().await.unwrap_err(),
+        KubeletError::Status { .. }
+    ));
+    let again = client.pods().await.unwrap_err();
+    assert!(
+        matches!(again, KubeletError::RecentFailure { .. }),
+        "{again}"
+    );
+    assert!(again.to_string().contains("401"), "{again}");
+    assert_eq!(kubelet.seen().len(), 1);
+
+    // Once the failure is older than the cache period, the kubelet is asked again.
+    std::fs::write(files.token(), "right").unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(client.pods().await.unwrap().items.len(), 4);
+}
+
 #[test]
 fn kubelet_urls_parse_with_default_ports() {
     let cases = [
