@@ -206,6 +206,18 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         "max_exe_hash_bytes",
         old.max_exe_hash_bytes != new.max_exe_hash_bytes,
     );
+    // Whether the pod template applies follows reloads; how the kubelet is reached does not.
+    let kubelet = |config: &Config| {
+        config.kubernetes.as_ref().map(|k| {
+            (
+                k.kubelet_url.clone(),
+                k.token_path.clone(),
+                k.ca_path.clone(),
+                k.skip_kubelet_verification,
+            )
+        })
+    };
+    check("kubernetes", kubelet(old) != kubelet(new));
     out
 }
 
@@ -281,6 +293,21 @@ mod tests {
         fn text(&self) -> String {
             String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
         }
+    }
+
+    #[test]
+    fn kubelet_settings_need_a_restart_but_the_pod_template_does_not() {
+        let path = Path::new("agent.toml");
+        let load = |text: &str| loader(path).load_str(text, path).unwrap();
+        let plain = load("trust_domain = \"example.org\"\n");
+        let kubelet = load("[kubernetes]\nkubelet_url = \"https://10.0.0.1:10250\"\n");
+        let other = load("[kubernetes]\nkubelet_url = \"https://10.0.0.2:10250\"\n");
+        let no_template =
+            load("[kubernetes]\nkubelet_url = \"https://10.0.0.1:10250\"\npod_template = false\n");
+
+        assert_eq!(restart_needed(&plain, &kubelet), ["kubernetes"]);
+        assert_eq!(restart_needed(&kubelet, &other), ["kubernetes"]);
+        assert!(restart_needed(&kubelet, &no_template).is_empty());
     }
 
     #[tokio::test]
