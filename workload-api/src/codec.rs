@@ -8,8 +8,9 @@
 //! call with a small buffer and reserves exactly the encoded length of a message before
 //! writing it, so an idle stream keeps at most one message's worth of buffer.
 //!
-//! Decoding is tonic's prost decoder with its default settings: requests are decoded once
-//! per call and their buffer is not kept.
+//! Decoding is tonic's prost decoder with the same small initial buffer: tonic reserves a
+//! message's announced length before reading it, so large messages are read without repeated
+//! growth, and a call that receives one small request does not allocate 8 KiB for it.
 
 use std::marker::PhantomData;
 
@@ -20,15 +21,16 @@ use tonic::{
 };
 use tonic_prost::ProstDecoder;
 
-/// Initial encode buffer of a call: enough for the small messages (bundles, JWT-SVIDs) without
-/// growing, and no more than that. Larger messages grow it to their exact size.
-const INITIAL_ENCODE_BUFFER: usize = 512;
+/// Initial encode and decode buffer of a call: enough for the small messages (requests,
+/// bundles, JWT-SVIDs) without growing, and no more than that. Larger messages grow it to
+/// their exact size.
+const INITIAL_BUFFER: usize = 512;
 
 /// How many encoded bytes tonic batches into one write when several messages are ready at
 /// once; tonic's default.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// A prost codec whose encoder allocates per message instead of per call.
+/// A prost codec whose buffers start small and grow to the message, instead of 8 KiB per call.
 ///
 /// Named by `build.rs` as the codec of every generated method.
 #[derive(Debug)]
@@ -59,7 +61,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::default()
+        ProstDecoder::new(buffer_settings())
     }
 }
 
@@ -82,8 +84,12 @@ impl<T: Message> Encoder for SizedEncoder<T> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(INITIAL_ENCODE_BUFFER, YIELD_THRESHOLD)
+        buffer_settings()
     }
+}
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD)
 }
 
 #[cfg(test)]
@@ -91,7 +97,7 @@ mod tests {
     use std::pin::pin;
 
     use bytes::{Buf, Bytes};
-    use tonic::codec::{EncodeBody, SingleMessageCompressionOverride};
+    use tonic::codec::{EncodeBody, SingleMessageCompressionOverride, Streaming};
     use tonic::codegen::Body;
 
     use super::*;
@@ -110,18 +116,25 @@ mod tests {
         }
     }
 
-    /// Encodes `messages` as a server stream would and returns the body's data bytes.
-    async fn encode_stream(messages: Vec<proto::X509svidResponse>) -> Vec<u8> {
-        let encoder =
-            SizedCodec::<proto::X509svidResponse, proto::X509svidRequest>::default().encoder();
+    type ResponseCodec = SizedCodec<proto::X509svidResponse, proto::X509svidResponse>;
+
+    /// The body a server sends for a stream of `messages`.
+    fn encode_body(
+        messages: Vec<proto::X509svidResponse>,
+    ) -> impl Body<Data = Bytes, Error = tonic::Status> + Send + 'static {
         let source = tokio_stream::iter(messages.into_iter().map(Ok));
-        let mut body = pin!(EncodeBody::new_server(
-            encoder,
+        EncodeBody::new_server(
+            ResponseCodec::default().encoder(),
             source,
             None,
             SingleMessageCompressionOverride::default(),
             None,
-        ));
+        )
+    }
+
+    /// Encodes `messages` as a server stream would and returns the body's data bytes.
+    async fn encode_stream(messages: Vec<proto::X509svidResponse>) -> Vec<u8> {
+        let mut body = pin!(encode_body(messages));
         let mut data = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
             if let Ok(bytes) = frame.unwrap().into_data() {
@@ -161,6 +174,26 @@ mod tests {
             assert_eq!(got.svids[0].x509_svid_key, want.svids[0].x509_svid_key);
             assert_eq!(got.svids[0].bundle, want.svids[0].bundle);
             assert_eq!(got.svids[0].hint, want.svids[0].hint);
+        }
+    }
+
+    #[tokio::test]
+    async fn decoder_reads_messages_far_larger_than_its_initial_buffer() {
+        let sent = vec![
+            response("spiffe://td/big", 200_000),
+            response("spiffe://td/small", 10),
+        ];
+        let mut stream = Streaming::new_request(
+            ResponseCodec::default().decoder(),
+            encode_body(sent.clone()),
+            None,
+            None,
+        );
+
+        for want in &sent {
+            let got = stream.message().await.unwrap().expect("a message");
+            assert_eq!(got.svids[0].spiffe_id, want.svids[0].spiffe_id);
+            assert_eq!(got.svids[0].x509_svid_key, want.svids[0].x509_svid_key);
         }
     }
 
