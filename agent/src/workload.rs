@@ -288,7 +288,9 @@ where
                 changed = st.changes.changed() => if changed.is_err() { return None },
                 changed = st.registry.changed() => if changed.is_err() { return None },
             }
-            match (st.compute)().await {
+            // Boxed: the future may attest the caller again (through the kubelet, too) and is
+            // kilobytes large; inline, every idle stream's state would hold room for it.
+            match Box::pin((st.compute)()).await {
                 Ok(item) if st.last.as_ref() == Some(&item) => {}
                 Ok(item) => {
                     st.last = Some(item.clone());
