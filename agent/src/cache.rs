@@ -199,17 +199,9 @@ impl SvidCache {
         let (missing, bundle, mut changed) = {
             let mut state = self.lock();
             let before = state.svids.len();
-            // An entry stays if the registry still has it, or (for entries the uid template
-            // made) if the registry would make exactly this entry for a workload with its
-            // selectors.
-            state.svids.retain(|entry, _| {
-                registry.entries().contains(entry)
-                    || (registry.uid_template_domain().is_some()
-                        && registry
-                            .matching(&entry.selectors)
-                            .iter()
-                            .any(|made| made.as_ref() == entry))
-            });
+            // An entry stays if the registry still has it, or (for entries a template made)
+            // if the registry would make exactly this entry for a workload with its selectors.
+            state.svids.retain(|entry, _| registry.grants(entry));
             let State { svids, served, .. } = &mut *state;
             served.retain(|entry| svids.contains_key(entry));
             let missing: Vec<Entry> = registry

@@ -49,6 +49,9 @@ pub enum RunError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The Kubernetes attestor could not be set up.
+    #[error("cannot set up the kubernetes attestor: {0}")]
+    Kubernetes(#[from] crate::k8s::KubernetesError),
     /// The CA could not be opened.
     #[error("cannot open the CA in {dir}: {source}")]
     Ca {
@@ -138,11 +141,18 @@ pub async fn run(
             source,
         }
     })?;
-    let provider = Arc::new(AgentProvider::new(
+    let kubernetes = config
+        .kubernetes
+        .as_ref()
+        .map(crate::k8s::KubernetesAttestor::from_config)
+        .transpose()?
+        .map(Arc::new);
+    let provider = Arc::new(AgentProvider::with_kubernetes(
         config.trust_domain.clone(),
         Arc::clone(&cache),
         registry,
         Arc::new(Attestor::new(config.max_exe_hash_bytes)),
+        kubernetes,
         metrics,
     ));
     state.readiness.set_ready(true);
