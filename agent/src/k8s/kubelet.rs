@@ -633,15 +633,25 @@ where
             .to_bytes();
         Ok::<_, KubeletError>((status, body))
     };
-    // The connection is driven alongside the exchange and dropped (closed) after it.
-    let (status, body) = tokio::select! {
-        result = exchange => result?,
-        result = connection => {
-            let reason = match result {
-                Ok(()) => "the connection closed before the response".to_owned(),
-                Err(e) => e.to_string(),
-            };
-            return Err(http_error(reason));
+    // The connection is driven alongside the exchange and dropped (closed) after it. A server
+    // that closes the connection once it has answered (`Connection: close`) can end it before
+    // the exchange has taken the response hyper already buffered, so the connection's end
+    // decides nothing: the exchange, finished after the connection is dropped, does.
+    tokio::pin!(exchange);
+    let mut connection = Box::pin(connection);
+    let connection_ended = tokio::select! {
+        result = &mut exchange => Ok(result),
+        result = &mut connection => Err(result),
+    };
+    let (status, body) = match connection_ended {
+        Ok(result) => result?,
+        Err(connection_result) => {
+            drop(connection);
+            match (exchange.await, connection_result) {
+                (Ok(answer), _) => answer,
+                (Err(_), Err(e)) => return Err(http_error(e.to_string())),
+                (Err(e), Ok(())) => return Err(e),
+            }
         }
     };
 
