@@ -83,6 +83,8 @@ struct Script {
     token: Option<String>,
     /// Bodies to serve, one per request; the last is served again once the others are used.
     bodies: VecDeque<String>,
+    /// Answer with `Connection: close` and close the connection after each answer.
+    close_after_answer: bool,
 }
 
 /// A kubelet stand-in serving `GET /pods` over HTTPS (or HTTP).
@@ -108,6 +110,7 @@ impl TestKubelet {
             seen: Vec::new(),
             token: token.map(str::to_owned),
             bodies: bodies.into(),
+            close_after_answer: false,
         }));
         let acceptor = tls.then(|| {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -163,6 +166,10 @@ impl TestKubelet {
     fn accept_token(&self, token: &str) {
         self.script.lock().unwrap().token = Some(token.to_owned());
     }
+
+    fn close_after_answer(&self) {
+        self.script.lock().unwrap().close_after_answer = true;
+    }
 }
 
 async fn answer(
@@ -175,9 +182,16 @@ async fn answer(
         .map(|v| v.to_str().unwrap().to_owned());
     let mut script = script.lock().unwrap();
     script.seen.push(auth.clone());
+    let close = script.close_after_answer;
     let respond = |status, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
+        if close {
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         Ok(r)
     };
     if req.uri().path() != "/pods" {
@@ -306,6 +320,22 @@ async fn a_rotated_token_file_is_used_at_the_next_fetch() {
             Some("Bearer second".to_owned())
         ]
     );
+}
+
+#[tokio::test]
+async fn a_kubelet_that_closes_the_connection_after_answering_is_understood() {
+    let kubelet = TestKubelet::start(true, Some("tok"), vec![fixture()]).await;
+    kubelet.close_after_answer();
+    let files = Files::new("tok", &kubelet.pki.ca_pem);
+    let mut options = files.options(kubelet.url("https"));
+    options.cache_for = Duration::ZERO;
+    let client = KubeletClient::new(options).unwrap();
+
+    // The connection can end before or after the response is taken; every order must work.
+    for _ in 0..20 {
+        assert_eq!(client.pods().await.unwrap().items.len(), 4);
+    }
+    assert_eq!(kubelet.seen().len(), 20);
 }
 
 #[tokio::test]
