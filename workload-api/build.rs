@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         // Encode buffers sized to each message, not 8 KiB per call (see src/codec.rs).
         .codec_path("crate::codec::SizedCodec")
+        // `bytes` fields as `Bytes`: the provider's SVIDs and bundles are moved into messages
+        // without a copy, and every stream sending the same bundle shares one buffer.
+        .bytes(".")
         // Secret-bearing messages get hand-written Debug impls that redact.
         .skip_debug(["X509SVID", "JWTSVID", "ValidateJWTSVIDRequest"])
         .compile_fds(fds)?;

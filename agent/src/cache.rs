@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use hyper::body::Bytes;
 use mesh_core::ca::{Ca, CaError, SvidRequest, X509Issuer};
 use mesh_core::clock::SharedClock;
 use mesh_core::{Bundle, KeyType, SpiffeId};
@@ -49,7 +50,9 @@ pub enum CacheError {
 /// An issued X509-SVID in the form the Workload API sends, with its renewal time.
 #[derive(Debug)]
 pub struct CachedSvid {
-    /// The SVID as sent to workloads (chain, key, bundle, hint).
+    /// The SVID as sent to workloads (chain, key, bundle, hint). Its byte fields are built once
+    /// and shared by every clone, and its bundle is the buffer of the cache's [`BundleView`]:
+    /// cloning it for a caller or a stream copies no certificate, key or bundle.
     pub wire: workload_api::X509Svid,
     /// When the leaf expires.
     pub not_after: SystemTime,
@@ -59,14 +62,16 @@ pub struct CachedSvid {
 }
 
 /// The trust bundle of the agent's trust domain in the forms the Workload API sends.
+///
+/// Each form is encoded once per bundle; every SVID and response shares its buffer.
 #[derive(Debug)]
 pub struct BundleView {
     /// The bundle itself.
     pub bundle: Bundle,
     /// The X.509 authorities as concatenated DER.
-    pub x509_der: Vec<u8>,
+    pub x509_der: Bytes,
     /// The JWT authorities as a JWKS document (every key with `kid`, no `use`).
-    pub jwks: Vec<u8>,
+    pub jwks: Bytes,
 }
 
 impl BundleView {
@@ -75,8 +80,8 @@ impl BundleView {
             .to_jwt_jwks()
             .map_err(|e| CacheError::Jwks(e.to_string()))?;
         Ok(Self {
-            x509_der: bundle.x509_authorities_concatenated(),
-            jwks: jwks.into_bytes(),
+            x509_der: exact(bundle.x509_authorities_concatenated()),
+            jwks: exact(jwks.into_bytes()),
             bundle,
         })
     }
@@ -269,14 +274,15 @@ impl SvidCache {
             }
         }
 
-        // SVIDs keep the bundle bytes they were issued with; a bundle change alone (a new
-        // authority prepared) must reach them too.
+        // SVIDs keep the bundle they were issued with; a bundle change alone (a new authority
+        // prepared) must reach them too. An SVID holding equal bytes in another buffer is moved
+        // to the new one as well, so that only one copy of the bundle stays alive.
         if changed {
             let bundle = Arc::clone(&state.bundle);
             for svid in state.svids.values_mut() {
-                if svid.wire.bundle != bundle.x509_der {
+                if !shares_buffer(&svid.wire.bundle, &bundle.x509_der) {
                     let mut wire = svid.wire.clone();
-                    wire.bundle.clone_from(&bundle.x509_der);
+                    wire.bundle = bundle.x509_der.clone();
                     *svid = Arc::new(CachedSvid {
                         wire,
                         not_after: svid.not_after,
@@ -428,8 +434,8 @@ impl SvidCache {
         Ok(CachedSvid {
             wire: workload_api::X509Svid {
                 spiffe_id: entry.spiffe_id.to_string(),
-                cert_chain: svid.chain_der(),
-                private_key: svid.private_key_pkcs8_der().to_vec(),
+                cert_chain: exact(svid.chain_der()),
+                private_key: Bytes::copy_from_slice(svid.private_key_pkcs8_der()),
                 bundle: bundle.x509_der.clone(),
                 hint: entry.hint.clone().unwrap_or_default(),
             },
@@ -442,6 +448,17 @@ impl SvidCache {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// `bytes` in a buffer of exactly its length: these buffers live as long as an SVID or bundle,
+/// and a vector built by pushing may have up to twice the room it needs.
+fn exact(bytes: Vec<u8>) -> Bytes {
+    Bytes::from(bytes.into_boxed_slice())
+}
+
+/// Whether `a` and `b` are views of the same bytes in the same buffer.
+fn shares_buffer(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }
 
 impl std::fmt::Debug for SvidCache {
@@ -555,6 +572,31 @@ mod tests {
         assert_ne!(renewed.wire.cert_chain, first.wire.cert_chain);
         assert!(renewed.not_after > first.not_after);
         assert!(changes.has_changed().unwrap());
+    }
+
+    #[test]
+    fn every_svid_shares_the_bundle_buffer_before_and_after_a_bundle_change() {
+        let f = fixture();
+        let entries = vec![entry("/a", 1), entry("/b", 2), entry("/c", 3)];
+        f.cache.sync_registry(&Registry::new(entries.clone()));
+        let shares_bundle = |bundle: &Bytes| {
+            entries.iter().all(|e| {
+                let svid = f.cache.svid(e).unwrap();
+                shares_buffer(&svid.wire.bundle, bundle)
+                    && svid.wire.clone().bundle.as_ptr() == bundle.as_ptr()
+            })
+        };
+        let before = f.cache.bundle().x509_der.clone();
+        assert!(shares_bundle(&before));
+
+        // Half the CA's life: a successor is prepared and published in the bundle.
+        f.clock.advance(Duration::from_secs(12 * 3600 + 1));
+        assert!(f.cache.ca().tick().unwrap());
+        f.cache.refresh();
+
+        let after = f.cache.bundle().x509_der.clone();
+        assert_ne!(after, before, "the bundle must have gained the successor");
+        assert!(shares_bundle(&after));
     }
 
     #[test]

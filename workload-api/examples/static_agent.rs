@@ -112,9 +112,9 @@ fn make_svid() -> Result<X509Svid, rcgen::Error> {
 
     Ok(X509Svid {
         spiffe_id: WORKLOAD_ID.to_owned(),
-        cert_chain: leaf_cert.der().to_vec(),
-        private_key: leaf_key.serialize_der(),
-        bundle: ca_cert.der().to_vec(),
+        cert_chain: leaf_cert.der().to_vec().into(),
+        private_key: leaf_key.serialize_der().into(),
+        bundle: ca_cert.der().to_vec().into(),
         hint: String::new(),
     })
 }

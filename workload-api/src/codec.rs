@@ -107,9 +107,9 @@ mod tests {
         proto::X509svidResponse {
             svids: vec![proto::X509svid {
                 spiffe_id: id.to_owned(),
-                x509_svid: vec![0x30; 700],
-                x509_svid_key: vec![0x02; key_len],
-                bundle: vec![0x31; 500],
+                x509_svid: vec![0x30; 700].into(),
+                x509_svid_key: vec![0x02; key_len].into(),
+                bundle: vec![0x31; 500].into(),
                 hint: "web".to_owned(),
             }],
             ..Default::default()

@@ -12,6 +12,7 @@ use std::{
     sync::Arc,
 };
 
+use bytes::Bytes;
 use futures::stream::BoxStream;
 
 /// A stream of complete snapshots produced by a [`Provider`].
@@ -153,19 +154,33 @@ impl fmt::Debug for Caller {
 
 /// One X509-SVID with its trust domain's bundle, as sent in `FetchX509SVID`.
 ///
+/// The byte fields are [`Bytes`]: a clone shares them instead of copying, so a provider can
+/// hand the same SVID and bundle to every open stream at the cost of a reference count.
+/// Equality compares contents, taking a shortcut when both sides share the same buffer.
+///
 /// See the SPIFFE X509-SVID standard and the Workload API standard, `X509SVID` message.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Eq)]
 pub struct X509Svid {
     /// The SPIFFE ID; must string-equal the URI SAN of the leaf.
     pub spiffe_id: String,
     /// Concatenated DER certificates, leaf first.
-    pub cert_chain: Vec<u8>,
+    pub cert_chain: Bytes,
     /// Unencrypted PKCS#8 DER private key. `Debug` redacts it.
-    pub private_key: Vec<u8>,
+    pub private_key: Bytes,
     /// Concatenated DER CA certificates of the SVID's trust domain; must not be empty.
-    pub bundle: Vec<u8>,
+    pub bundle: Bytes,
     /// Operator-chosen label, unique within a response, at most 1024 bytes; may be empty.
     pub hint: String,
+}
+
+impl PartialEq for X509Svid {
+    fn eq(&self, other: &Self) -> bool {
+        self.spiffe_id == other.spiffe_id
+            && self.hint == other.hint
+            && same_bytes(&self.cert_chain, &other.cert_chain)
+            && same_bytes(&self.private_key, &other.private_key)
+            && same_bytes(&self.bundle, &other.bundle)
+    }
 }
 
 impl fmt::Debug for X509Svid {
@@ -182,30 +197,48 @@ impl fmt::Debug for X509Svid {
 
 /// The complete X.509 state of a caller: every SVID it holds and the bundles of federated
 /// trust domains.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Eq)]
 pub struct X509Context {
     /// The caller's SVIDs; the first is the default identity. An empty list is sent as
     /// `PermissionDenied` ("no identity issued").
     pub svids: Vec<X509Svid>,
     /// Concatenated DER CA certificates keyed by `spiffe://<trust domain>`. Entries with empty
     /// values are left out of the response.
-    pub federated_bundles: BTreeMap<String, Vec<u8>>,
+    pub federated_bundles: BTreeMap<String, Bytes>,
+}
+
+impl PartialEq for X509Context {
+    fn eq(&self, other: &Self) -> bool {
+        self.svids == other.svids && same_bundles(&self.federated_bundles, &other.federated_bundles)
+    }
 }
 
 /// The X.509 bundles a caller trusts, sent in `FetchX509Bundles`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Eq)]
 pub struct X509Bundles {
     /// Concatenated DER CA certificates keyed by `spiffe://<trust domain>`; must include the
     /// caller's own trust domain. Entries with empty values are left out.
-    pub bundles: BTreeMap<String, Vec<u8>>,
+    pub bundles: BTreeMap<String, Bytes>,
+}
+
+impl PartialEq for X509Bundles {
+    fn eq(&self, other: &Self) -> bool {
+        same_bundles(&self.bundles, &other.bundles)
+    }
 }
 
 /// The JWT bundles a caller trusts, sent in `FetchJWTBundles`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Eq)]
 pub struct JwtBundles {
     /// JWKS JSON documents keyed by `spiffe://<trust domain>`; must include the caller's own
     /// trust domain. Entries with empty values are left out.
-    pub bundles: BTreeMap<String, Vec<u8>>,
+    pub bundles: BTreeMap<String, Bytes>,
+}
+
+impl PartialEq for JwtBundles {
+    fn eq(&self, other: &Self) -> bool {
+        same_bundles(&self.bundles, &other.bundles)
+    }
 }
 
 /// One minted JWT-SVID.
@@ -345,6 +378,19 @@ pub trait Provider: Send + Sync + 'static {
     ) -> Result<ValidatedJwt, ProviderError>;
 }
 
+/// Whether `a` and `b` hold the same bytes. Two views of one buffer (a clone) are equal without
+/// reading it, which keeps comparing an unchanged snapshot with the last one sent cheap.
+fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
+fn same_bundles(a: &BTreeMap<String, Bytes>, b: &BTreeMap<String, Bytes>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && same_bytes(va, vb))
+}
+
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and a flags word by value and touches no memory of ours;
     // an invalid pid only produces an error return.
@@ -416,9 +462,9 @@ mod tests {
     fn debug_of_secrets_redacts() {
         let svid = X509Svid {
             spiffe_id: "spiffe://example.org/a".into(),
-            cert_chain: vec![1],
-            private_key: b"SECRETKEY".to_vec(),
-            bundle: vec![2],
+            cert_chain: Bytes::from_static(&[1]),
+            private_key: Bytes::from_static(b"SECRETKEY"),
+            bundle: Bytes::from_static(&[2]),
             hint: String::new(),
         };
         assert!(!format!("{svid:?}").contains("83, 69"));
@@ -429,6 +475,65 @@ mod tests {
             hint: String::new(),
         };
         assert!(!format!("{jwt:?}").contains("eyJsecret"));
+    }
+
+    fn svid_with(chain: &[u8], bundle: &[u8]) -> X509Svid {
+        X509Svid {
+            spiffe_id: "spiffe://example.org/a".into(),
+            cert_chain: Bytes::copy_from_slice(chain),
+            private_key: Bytes::from_static(b"key"),
+            bundle: Bytes::copy_from_slice(bundle),
+            hint: String::new(),
+        }
+    }
+
+    #[test]
+    fn cloned_svid_shares_its_bytes_instead_of_copying_them() {
+        let svid = svid_with(b"chain", b"bundle");
+        let clone = svid.clone();
+        assert_eq!(svid.cert_chain.as_ptr(), clone.cert_chain.as_ptr());
+        assert_eq!(svid.private_key.as_ptr(), clone.private_key.as_ptr());
+        assert_eq!(svid.bundle.as_ptr(), clone.bundle.as_ptr());
+        assert_eq!(svid, clone);
+    }
+
+    #[test]
+    fn equality_compares_contents_whatever_buffer_holds_them() {
+        let context = |chain: &[u8], bundle: &[u8], federated: &[u8]| X509Context {
+            svids: vec![svid_with(chain, bundle)],
+            federated_bundles: BTreeMap::from([(
+                "spiffe://other.org".to_owned(),
+                Bytes::copy_from_slice(federated),
+            )]),
+        };
+        let a = context(b"chain", b"bundle", b"other");
+
+        assert_eq!(a, context(b"chain", b"bundle", b"other"));
+        assert_ne!(a, context(b"chaiN", b"bundle", b"other"));
+        assert_ne!(a, context(b"chain", b"bundlE", b"other"));
+        assert_ne!(a, context(b"chain", b"bundle", b"otheR"));
+        let mut renamed = a.clone();
+        renamed.svids[0].hint = "web".into();
+        assert_ne!(a, renamed);
+        let mut fewer = a.clone();
+        fewer.federated_bundles.clear();
+        assert_ne!(a, fewer);
+
+        // A prefix of the same buffer starts at the same address but is not equal.
+        let mut prefix = a.clone();
+        prefix.svids[0].bundle.truncate(3);
+        assert_ne!(a, prefix);
+
+        let bundles = |value: &[u8]| X509Bundles {
+            bundles: BTreeMap::from([("spiffe://td".to_owned(), Bytes::copy_from_slice(value))]),
+        };
+        assert_eq!(bundles(b"x"), bundles(b"x"));
+        assert_ne!(bundles(b"x"), bundles(b"y"));
+        let jwks = |value: &[u8]| JwtBundles {
+            bundles: BTreeMap::from([("spiffe://td".to_owned(), Bytes::copy_from_slice(value))]),
+        };
+        assert_eq!(jwks(b"{}"), jwks(b"{}"));
+        assert_ne!(jwks(b"{}"), jwks(b"[]"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -618,9 +619,7 @@ fn accept_hint(seen: &mut HashSet<String>, hint: &str, spiffe_id: &str) -> bool 
     true
 }
 
-fn non_empty_bundles(
-    bundles: BTreeMap<String, Vec<u8>>,
-) -> std::collections::HashMap<String, Vec<u8>> {
+fn non_empty_bundles(bundles: BTreeMap<String, Bytes>) -> std::collections::HashMap<String, Bytes> {
     bundles
         .into_iter()
         .filter(|(_, value)| !value.is_empty())
@@ -663,9 +662,9 @@ mod tests {
     fn svid(id: &str, hint: &str) -> X509Svid {
         X509Svid {
             spiffe_id: id.to_owned(),
-            cert_chain: vec![1],
-            private_key: vec![2],
-            bundle: vec![3],
+            cert_chain: Bytes::from_static(&[1]),
+            private_key: Bytes::from_static(&[2]),
+            bundle: Bytes::from_static(&[3]),
             hint: hint.to_owned(),
         }
     }
@@ -688,8 +687,8 @@ mod tests {
                 svid("spiffe://td/e", ""),
             ],
             federated_bundles: BTreeMap::from([
-                ("spiffe://other".to_owned(), vec![9]),
-                ("spiffe://empty".to_owned(), vec![]),
+                ("spiffe://other".to_owned(), Bytes::from_static(&[9])),
+                ("spiffe://empty".to_owned(), Bytes::new()),
             ]),
         };
         let response = x509_svid_response(context).unwrap();
@@ -718,7 +717,7 @@ mod tests {
     #[test]
     fn bundle_map_without_values_is_never_sent() {
         let bundles = X509Bundles {
-            bundles: BTreeMap::from([("spiffe://td".to_owned(), vec![])]),
+            bundles: BTreeMap::from([("spiffe://td".to_owned(), Bytes::new())]),
         };
         assert_eq!(
             x509_bundles_response(bundles).unwrap_err().code(),

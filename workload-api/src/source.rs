@@ -480,6 +480,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::SystemTime;
 
+    use bytes::Bytes;
     use mesh_core::ca::{SvidRequest, X509Issuer};
     use mesh_core::{KeyPair, KeyType};
 
@@ -501,9 +502,9 @@ mod tests {
             .unwrap();
         WireSvid {
             spiffe_id: id.to_owned(),
-            cert_chain: svid.chain_der(),
-            private_key: svid.private_key_pkcs8_der().to_vec(),
-            bundle: issuer.root().to_vec(),
+            cert_chain: svid.chain_der().into(),
+            private_key: Bytes::copy_from_slice(svid.private_key_pkcs8_der()),
+            bundle: Bytes::copy_from_slice(issuer.root()),
             hint: String::new(),
         }
     }
@@ -519,7 +520,7 @@ mod tests {
             ],
             federated_bundles: BTreeMap::from([(
                 "spiffe://other.org".to_owned(),
-                theirs.root().to_vec(),
+                Bytes::copy_from_slice(theirs.root()),
             )]),
         };
 
@@ -548,7 +549,7 @@ mod tests {
             svids: vec![wire(&ours, "spiffe://example.org/web")],
             federated_bundles: BTreeMap::from([(
                 "example.org".to_owned(),
-                impostor.root().to_vec(),
+                Bytes::copy_from_slice(impostor.root()),
             )]),
         };
 
@@ -612,7 +613,10 @@ mod tests {
 
         let garbled = X509Context {
             svids: vec![wire(&ours, "spiffe://example.org/web")],
-            federated_bundles: BTreeMap::from([("other.org".to_owned(), b"junk".to_vec())]),
+            federated_bundles: BTreeMap::from([(
+                "other.org".to_owned(),
+                Bytes::from_static(b"junk"),
+            )]),
         };
         assert!(matches!(
             svid_and_bundles(&garbled),
@@ -623,7 +627,7 @@ mod tests {
             svids: vec![wire(&ours, "spiffe://example.org/web")],
             federated_bundles: BTreeMap::from([(
                 "spiffe://Other.org".to_owned(),
-                ours.root().to_vec(),
+                Bytes::copy_from_slice(ours.root()),
             )]),
         };
         assert!(matches!(

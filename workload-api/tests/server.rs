@@ -56,12 +56,15 @@ fn context(id: &str) -> X509Context {
     X509Context {
         svids: vec![X509Svid {
             spiffe_id: id.to_owned(),
-            cert_chain: b"leaf-der".to_vec(),
-            private_key: b"key-der".to_vec(),
-            bundle: b"ca-der".to_vec(),
+            cert_chain: b"leaf-der".to_vec().into(),
+            private_key: b"key-der".to_vec().into(),
+            bundle: b"ca-der".to_vec().into(),
             hint: "internal".to_owned(),
         }],
-        federated_bundles: BTreeMap::from([("spiffe://other.org".to_owned(), b"o".to_vec())]),
+        federated_bundles: BTreeMap::from([(
+            "spiffe://other.org".to_owned(),
+            b"o".to_vec().into(),
+        )]),
     }
 }
 
@@ -82,7 +85,7 @@ impl Provider for FakeProvider {
         self.record(caller)?;
         // One snapshot, then the stream ends: the server must not end the call with OK.
         let bundles = X509Bundles {
-            bundles: BTreeMap::from([("spiffe://example.org".to_owned(), b"ca".to_vec())]),
+            bundles: BTreeMap::from([("spiffe://example.org".to_owned(), b"ca".to_vec().into())]),
         };
         Ok(futures::stream::iter([Ok(bundles)]).boxed())
     }
@@ -95,7 +98,7 @@ impl Provider for FakeProvider {
         let bundles = JwtBundles {
             bundles: BTreeMap::from([(
                 "spiffe://example.org".to_owned(),
-                br#"{"keys":[]}"#.to_vec(),
+                br#"{"keys":[]}"#.to_vec().into(),
             )]),
         };
         Ok(futures::stream::iter([Ok(bundles)])
@@ -281,8 +284,8 @@ async fn first_message_arrives_at_once_and_updates_follow() {
         .unwrap()
         .unwrap();
     assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/first");
-    assert_eq!(first.svids[0].private_key, b"key-der");
-    assert_eq!(first.federated_bundles["spiffe://other.org"], b"o");
+    assert_eq!(first.svids[0].private_key, &b"key-der"[..]);
+    assert_eq!(first.federated_bundles["spiffe://other.org"], &b"o"[..]);
 
     provider
         .x509
@@ -335,7 +338,7 @@ async fn end_of_provider_stream_is_unavailable_not_ok() {
     let mut client = server.client().await;
     let mut stream = client.watch_x509_bundles().await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
-    assert_eq!(first.bundles["spiffe://example.org"], b"ca");
+    assert_eq!(first.bundles["spiffe://example.org"], &b"ca"[..]);
     let end = tokio::time::timeout(WAIT, stream.next()).await.unwrap();
     assert_eq!(end.unwrap().unwrap_err().code(), Some(Code::Unavailable));
 }

@@ -59,9 +59,9 @@ impl Authority {
         X509Context {
             svids: vec![X509Svid {
                 spiffe_id: id.to_owned(),
-                cert_chain: svid.chain_der(),
-                private_key: svid.private_key_pkcs8_der().to_vec(),
-                bundle: self.issuer.root().to_vec(),
+                cert_chain: svid.chain_der().into(),
+                private_key: svid.private_key_pkcs8_der().to_vec().into(),
+                bundle: self.issuer.root().to_vec().into(),
                 hint: String::new(),
             }],
             federated_bundles: BTreeMap::new(),
@@ -262,7 +262,7 @@ async fn first_svid_and_bundles_arrive_and_wait_until_ready_returns_them() {
     let mut first = ours.context("spiffe://example.org/web");
     first.federated_bundles.insert(
         "spiffe://other.org".to_owned(),
-        theirs.issuer.root().to_vec(),
+        theirs.issuer.root().to_vec().into(),
     );
     let leaf = leaf_of(&first);
     let server = Running::start(&path, FakeProvider::new(first));
@@ -321,7 +321,7 @@ async fn unusable_message_is_reported_and_the_last_svid_kept() {
     let good = source.wait_until_ready(WAIT).await.unwrap();
 
     let mut broken = ours.context("spiffe://example.org/web");
-    broken.svids[0].cert_chain = b"not a certificate".to_vec();
+    broken.svids[0].cert_chain = b"not a certificate".to_vec().into();
     provider.x509.send_replace(broken);
     let mut status = source.subscribe();
     let seen = tokio::time::timeout(WAIT, status.wait_for(|s| s.last_error.is_some()))

@@ -73,9 +73,9 @@ impl Authority {
         X509Context {
             svids: vec![workload_api::X509Svid {
                 spiffe_id: id.to_owned(),
-                cert_chain: svid.chain_der(),
-                private_key: svid.private_key_pkcs8_der().to_vec(),
-                bundle: self.issuer.root().to_vec(),
+                cert_chain: svid.chain_der().into(),
+                private_key: svid.private_key_pkcs8_der().to_vec().into(),
+                bundle: self.issuer.root().to_vec().into(),
                 hint: String::new(),
             }],
             federated_bundles: BTreeMap::new(),
