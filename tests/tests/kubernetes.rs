@@ -39,14 +39,10 @@ const ORDERS_ID: &str = "spiffe://example.org/shop/orders";
 #[test]
 fn pod_container_gets_the_entry_that_selects_its_namespace_and_service_account() {
     let pod = TestPod::new();
+    let cgroup = PodCgroup::create(&pod);
     let kubelet = FakeKubelet::start("kubelet-token-of-the-agent", &pod);
     let files = KubeletFiles::new(&kubelet, "kubelet-token-of-the-agent\n");
-    let agent = Agent::start(&format!(
-        "{}[[entries]]\nspiffe_id = \"{ORDERS_ID}\"\n\
-         selectors = [\"k8s:ns:{NAMESPACE}\", \"k8s:sa:{SERVICE_ACCOUNT}\"]\n",
-        files.table(&kubelet)
-    ));
-    let cgroup = PodCgroup::create(&pod);
+    let agent = Agent::start(&format!("{}{}", files.table(&kubelet), orders_entries()));
 
     // The harness itself is checked first: a process started this way really is in the pod.
     let mut cat = Command::new("cat");
@@ -84,11 +80,11 @@ fn pod_container_gets_the_entry_that_selects_its_namespace_and_service_account()
 #[test]
 fn pod_template_names_a_pod_container_by_namespace_and_service_account() {
     let pod = TestPod::new();
+    let cgroup = PodCgroup::create(&pod);
     let kubelet = FakeKubelet::start("template-token", &pod);
     let files = KubeletFiles::new(&kubelet, "template-token");
     // No entries: the pod template is in force by default.
     let agent = Agent::start(&files.table(&kubelet));
-    let cgroup = PodCgroup::create(&pod);
 
     let out = fetch_x509(&agent, Some(&cgroup));
 
@@ -108,15 +104,11 @@ fn pod_template_names_a_pod_container_by_namespace_and_service_account() {
 #[test]
 fn process_outside_the_pod_cgroup_gets_no_identity() {
     let pod = TestPod::new();
-    let kubelet = FakeKubelet::start("outside-token", &pod);
-    let files = KubeletFiles::new(&kubelet, "outside-token");
-    let agent = Agent::start(&format!(
-        "{}[[entries]]\nspiffe_id = \"{ORDERS_ID}\"\n\
-         selectors = [\"k8s:ns:{NAMESPACE}\", \"k8s:sa:{SERVICE_ACCOUNT}\"]\n",
-        files.table(&kubelet)
-    ));
     // The pod's cgroup exists and the kubelet lists the pod, but the caller is not in it.
     let _cgroup = PodCgroup::create(&pod);
+    let kubelet = FakeKubelet::start("outside-token", &pod);
+    let files = KubeletFiles::new(&kubelet, "outside-token");
+    let agent = Agent::start(&format!("{}{}", files.table(&kubelet), orders_entries()));
 
     let out = fetch_x509(&agent, None);
 
@@ -143,10 +135,10 @@ fn kubelet_refusing_the_token_leaves_the_pod_without_identity_and_the_token_out_
     let accepted = "the-token-the-kubelet-accepts";
     let wrong = "a-stale-token-from-the-file";
     let pod = TestPod::new();
+    let cgroup = PodCgroup::create(&pod);
     let kubelet = FakeKubelet::start(accepted, &pod);
     let files = KubeletFiles::new(&kubelet, wrong);
     let mut agent = Agent::start(&files.table(&kubelet));
-    let cgroup = PodCgroup::create(&pod);
     let since = agent.log_len();
 
     let out = fetch_x509(&agent, Some(&cgroup));
@@ -189,6 +181,17 @@ fn kubelet_refusing_the_token_leaves_the_pod_without_identity_and_the_token_out_
 }
 
 // === helpers ===
+
+/// The entry selecting the test pod by namespace and service account, and one selecting
+/// another service account of the same namespace.
+fn orders_entries() -> String {
+    format!(
+        "[[entries]]\nspiffe_id = \"spiffe://example.org/shop/billing\"\n\
+         selectors = [\"k8s:ns:{NAMESPACE}\", \"k8s:sa:billing\"]\n\
+         [[entries]]\nspiffe_id = \"{ORDERS_ID}\"\n\
+         selectors = [\"k8s:ns:{NAMESPACE}\", \"k8s:sa:{SERVICE_ACCOUNT}\"]\n"
+    )
+}
 
 /// Runs `mesh-agent api fetch x509` against `agent`, inside `cgroup` if one is given.
 fn fetch_x509(agent: &Agent, cgroup: Option<&PodCgroup>) -> Output {
