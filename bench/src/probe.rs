@@ -86,7 +86,7 @@ impl SignerCheck {
             }
         }
         let answer = leaf_authority_key_id(chain)? != self.old_key_id;
-        *last = Some((chain.clone(), answer));
+        *last = Some((chain.to_vec(), answer));
         Ok(answer)
     }
 }
@@ -146,9 +146,9 @@ mod tests {
         let context = X509Context {
             svids: vec![workload_api::X509Svid {
                 spiffe_id: "spiffe://bench.test/bench".to_owned(),
-                cert_chain: leaf.der().to_vec(),
-                private_key: Vec::new(),
-                bundle: ca_cert.der().to_vec(),
+                cert_chain: leaf.der().to_vec().into(),
+                private_key: Default::default(),
+                bundle: ca_cert.der().to_vec().into(),
                 hint: String::new(),
             }],
             federated_bundles: std::collections::BTreeMap::new(),
