@@ -2,6 +2,7 @@
 //! identities. This library holds the parts the `mesh-agent` binary is made of.
 
 pub mod admin;
+pub mod alloc;
 pub mod attest;
 pub mod cache;
 pub mod config;

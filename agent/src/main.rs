@@ -18,6 +18,11 @@ use tokio::signal::unix::SignalKind;
 
 mod api;
 
+/// Large blocks in mappings of their own, so that idle connections' buffers cost only the
+/// pages they use (see `mesh_agent::alloc`).
+#[global_allocator]
+static ALLOCATOR: mesh_agent::alloc::MapLargeBlocks = mesh_agent::alloc::MapLargeBlocks;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mesh-agent",
@@ -145,7 +150,6 @@ fn run_agent(args: &ConfigArgs) -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
     }
-    map_large_allocations();
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -183,38 +187,6 @@ fn run_proxy(path: &Path, log_format: LogFormat, log_level: &str) -> ExitCode {
         }
     }
 }
-
-/// Allocations at least this large get their own memory mapping (see
-/// [`map_large_allocations`]).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: libc::c_int = 8 * 1024;
-
-/// Makes glibc serve allocations of 8 KiB and more with their own mappings, which hold only
-/// the pages actually written.
-///
-/// Every Workload API connection gets fixed HTTP/2 buffers (16 KiB to write, 8 KiB to read)
-/// of which an idle stream writes a few hundred bytes. Carved out of the heap, their pages are
-/// resident anyway, because the heap reuses memory that other allocations have touched;
-/// mapped on their own, untouched pages cost nothing. With 1000 connections this keeps about
-/// 2 MiB out of the resident set (2.5 MiB after a CA rotation). The price is a map and an
-/// unmap per connection; with the Workload API codec's small buffers, calls allocate nothing
-/// this large on their path.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn map_large_allocations() {
-    // SAFETY: mallopt only changes glibc's allocation policy and has no memory-safety
-    // preconditions; M_MMAP_THRESHOLD accepts any value up to 32 MiB.
-    let accepted = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
-    if accepted != 1 {
-        tracing::warn!(
-            threshold = MMAP_THRESHOLD,
-            "glibc refused the mmap threshold; connections will use more memory"
-        );
-    }
-}
-
-/// Other C libraries keep their default allocation policy.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn map_large_allocations() {}
 
 /// A multi-threaded runtime for the daemons, or `None` after printing why it cannot start.
 fn runtime() -> Option<tokio::runtime::Runtime> {
