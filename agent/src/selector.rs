@@ -6,14 +6,137 @@
 //! kinds parse, so a typo in a registration entry is an error rather than an entry that never
 //! matches.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A set of selectors, ordered so that it displays and compares deterministically.
-pub type SelectorSet = BTreeSet<Selector>;
+///
+/// Kept as a sorted vector: sets hold a handful of selectors, and every registration entry and
+/// open stream holds one, where a B-tree's node (room for eleven) would cost several times the
+/// selectors it holds.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SelectorSet(Vec<Selector>);
+
+impl SelectorSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Adds `selector`; false if it was already present.
+    pub fn insert(&mut self, selector: Selector) -> bool {
+        match self.0.binary_search(&selector) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, selector);
+                true
+            }
+        }
+    }
+
+    /// Removes `selector`; false if it was not present.
+    pub fn remove(&mut self, selector: &Selector) -> bool {
+        match self.0.binary_search(selector) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `selector` is in the set.
+    pub fn contains(&self, selector: &Selector) -> bool {
+        self.0.binary_search(selector).is_ok()
+    }
+
+    /// Whether every selector of `self` is in `other`.
+    pub fn is_subset(&self, other: &SelectorSet) -> bool {
+        if self.0.len() > other.0.len() {
+            return false;
+        }
+        let mut theirs = other.0.iter();
+        self.0
+            .iter()
+            .all(|mine| theirs.by_ref().any(|candidate| candidate == mine))
+    }
+
+    /// The selectors of `self` that `other` lacks, in order.
+    pub fn difference<'a>(&'a self, other: &'a SelectorSet) -> impl Iterator<Item = &'a Selector> {
+        self.0.iter().filter(move |s| !other.contains(s))
+    }
+
+    /// The selectors in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Selector> {
+        self.0.iter()
+    }
+
+    /// How many selectors the set holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SelectorSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(&self.0).finish()
+    }
+}
+
+impl FromIterator<Selector> for SelectorSet {
+    fn from_iter<I: IntoIterator<Item = Selector>>(iter: I) -> Self {
+        let mut selectors: Vec<Selector> = iter.into_iter().collect();
+        selectors.sort_unstable();
+        selectors.dedup();
+        selectors.shrink_to_fit();
+        Self(selectors)
+    }
+}
+
+impl Extend<Selector> for SelectorSet {
+    fn extend<I: IntoIterator<Item = Selector>>(&mut self, iter: I) {
+        for selector in iter {
+            self.insert(selector);
+        }
+    }
+}
+
+impl<const N: usize> From<[Selector; N]> for SelectorSet {
+    fn from(selectors: [Selector; N]) -> Self {
+        selectors.into_iter().collect()
+    }
+}
+
+impl IntoIterator for SelectorSet {
+    type Item = Selector;
+    type IntoIter = std::vec::IntoIter<Selector>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a SelectorSet {
+    type Item = &'a Selector;
+    type IntoIter = std::slice::Iter<'a, Selector>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl Serialize for SelectorSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(&self.0)
+    }
+}
 
 /// The property a selector describes, with the attestor type it belongs to.
 ///
@@ -310,6 +433,44 @@ impl<'de> Deserialize<'de> for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(list: &[&str]) -> SelectorSet {
+        list.iter()
+            .map(|s| s.parse::<Selector>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn selector_sets_stay_sorted_without_duplicates() {
+        let mut s = set(&["unix:uid:2", "unix:gid:1", "unix:uid:2"]);
+        assert_eq!(s.len(), 2);
+        assert!(s.insert("unix:group:staff".parse().unwrap()));
+        assert!(!s.insert("unix:gid:1".parse().unwrap()));
+        let shown: Vec<String> = s.iter().map(ToString::to_string).collect();
+        let mut sorted = shown.clone();
+        sorted.sort();
+        assert_eq!(shown.len(), 3);
+        assert_eq!(s, set(&["unix:group:staff", "unix:uid:2", "unix:gid:1"]));
+        assert!(s.contains(&"unix:group:staff".parse().unwrap()));
+        assert!(!s.contains(&"unix:uid:3".parse().unwrap()));
+    }
+
+    #[test]
+    fn subset_and_difference_follow_set_semantics() {
+        let caller = set(&["unix:uid:1", "unix:gid:1", "unix:gid:5", "unix:user:ann"]);
+        assert!(set(&[]).is_subset(&caller));
+        assert!(set(&["unix:gid:5", "unix:uid:1"]).is_subset(&caller));
+        assert!(!set(&["unix:gid:5", "unix:uid:2"]).is_subset(&caller));
+        assert!(!set(&["unix:gid:9"]).is_subset(&caller));
+        let wanted = set(&["unix:uid:1", "unix:gid:9", "unix:user:bob"]);
+        let missing: Vec<String> = wanted
+            .difference(&caller)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(missing.len(), 2);
+        assert!(missing.contains(&"unix:gid:9".to_owned()));
+        assert!(missing.contains(&"unix:user:bob".to_owned()));
+    }
 
     #[test]
     fn every_kind_parses_and_displays_back() {
