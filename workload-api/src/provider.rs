@@ -23,19 +23,22 @@ pub type ProviderStream<T> = BoxStream<'static, Result<T, ProviderError>>;
 
 /// The process at the other end of a Workload API connection.
 ///
-/// Taken from `SO_PEERCRED` of the accepted Unix socket, plus a pidfd opened right after
-/// `accept`, so that the provider can tell whether the process it attested is still the one that
-/// connected even if the pid has been reused since.
+/// Taken from `SO_PEERCRED` of the accepted Unix socket, plus a pidfd of the process that
+/// connected, so that the provider can tell whether the process it attested is still the one
+/// that connected even if the pid has been reused since. The kernel hands that pidfd over with
+/// the socket (`SO_PEERPIDFD`, Linux 6.5 and later), so no pid reuse can come in between; older
+/// kernels get a pidfd opened right after `accept`.
 ///
 /// # Limitations
 ///
 /// - `SO_PEERCRED` records the process that called `connect`. A process that inherits or
 ///   receives the connected socket afterwards is not seen; it is served the identity of the
 ///   original caller.
-/// - The pidfd is opened after `accept`, not atomically with `connect`. If the caller exits and
-///   its pid is reused by another process in between (a window of microseconds, and a recycled
-///   pid space is needed), the pidfd refers to the new process. Attestation then describes the
-///   wrong process. [`Caller::ensure_alive`] cannot detect this case, only a later exit.
+/// - Before Linux 6.5 the pidfd is opened after `accept`, not atomically with `connect`. If the
+///   caller exits and its pid is reused by another process in between (a window of
+///   microseconds, and a recycled pid space is needed), the pidfd refers to the new process.
+///   Attestation then describes the wrong process. [`Caller::ensure_alive`] cannot detect this
+///   case, only a later exit.
 /// - Without pidfd support (Linux before 5.3, or a seccomp filter denying `pidfd_open`),
 ///   [`Caller::ensure_alive`] falls back to `kill(pid, 0)`, which does not detect pid reuse.
 /// - A peer in another pid namespace whose pid cannot be mapped into ours is reported with
@@ -60,10 +63,13 @@ impl Caller {
         }
     }
 
-    /// Reads the peer credentials of an accepted Unix stream and opens a pidfd for its pid.
+    /// Reads the peer credentials of an accepted Unix stream and a pidfd of the peer process.
     ///
-    /// Failing to open the pidfd (process already gone, no kernel support) is not an error:
-    /// the caller then has no pidfd.
+    /// The pidfd comes from the socket itself where the kernel offers it (`SO_PEERPIDFD`);
+    /// otherwise it is opened by pid. Failing to open it by pid (process already gone, no
+    /// kernel support) is not an error: the caller then has no pidfd. When the kernel says the
+    /// peer that connected is gone, the caller is reported with pid 0, which no attestation
+    /// accepts.
     ///
     /// # Errors
     ///
@@ -71,16 +77,24 @@ impl Caller {
     pub fn from_unix_stream(stream: &tokio::net::UnixStream) -> io::Result<Self> {
         let cred = stream.peer_cred()?;
         let pid = cred.pid().unwrap_or(0);
-        let pidfd = if pid > 0 {
-            match pidfd_open(pid) {
+        if pid <= 0 {
+            return Ok(Self::new(0, cred.uid(), cred.gid(), None));
+        }
+        let pidfd = match peer_pidfd(stream) {
+            Ok(fd) => Some(fd),
+            Err(error) if is_unsupported(&error) => match pidfd_open(pid) {
                 Ok(fd) => Some(fd),
                 Err(error) => {
                     tracing::debug!(pid, %error, "cannot open pidfd for caller");
                     None
                 }
+            },
+            Err(error) => {
+                // The process that connected has exited (and may have been reaped, its pid
+                // free for reuse): nothing read under /proc/<pid> could be trusted.
+                tracing::debug!(pid, %error, "caller exited before its connection was accepted");
+                return Ok(Self::new(0, cred.uid(), cred.gid(), None));
             }
-        } else {
-            None
         };
         Ok(Self::new(pid, cred.uid(), cred.gid(), pidfd))
     }
@@ -391,6 +405,78 @@ fn same_bundles(a: &BTreeMap<String, Bytes>, b: &BTreeMap<String, Bytes>) -> boo
             .all(|((ka, va), (kb, vb))| ka == kb && same_bytes(va, vb))
 }
 
+/// `SO_PEERPIDFD` where its value is the generic one (every architecture but Alpha, MIPS,
+/// PA-RISC and SPARC).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "s390x"
+))]
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// The pidfd the kernel recorded for the peer of `stream` when it connected.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "s390x"
+))]
+fn peer_pidfd(stream: &tokio::net::UnixStream) -> io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(|_| io::Error::other("socklen_t too small"))?;
+    // SAFETY: `fd` and `len` are live locals; `len` holds the size of `fd`, so the kernel
+    // writes at most that many bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            std::ptr::from_mut(&mut fd).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fd < 0 {
+        return Err(io::Error::other("the kernel returned no pidfd"));
+    }
+    // SAFETY: getsockopt succeeded, so `fd` is a new open file descriptor that nothing else
+    // owns; OwnedFd takes sole ownership and closes it on drop.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Architectures where this crate does not know `SO_PEERPIDFD`: as on old kernels.
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "s390x"
+)))]
+fn peer_pidfd(_stream: &tokio::net::UnixStream) -> io::Result<OwnedFd> {
+    Err(io::Error::from_raw_os_error(libc::ENOPROTOOPT))
+}
+
+/// Whether `getsockopt(SO_PEERPIDFD)` failed because the kernel does not offer it, rather than
+/// because the peer is gone.
+fn is_unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP | libc::ENODATA | libc::ENOSYS | libc::EPERM)
+    )
+}
+
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and a flags word by value and touches no memory of ours;
     // an invalid pid only produces an error return.
@@ -555,6 +641,72 @@ mod tests {
         ));
         child.wait().unwrap();
         assert!(caller.ensure_alive().is_err());
+    }
+
+    /// A child process that connects to `path`, says so on stdout, then waits for stdin to
+    /// close (or exits at once when `linger` is false).
+    fn connecting_child(path: &std::path::Path, linger: bool) -> std::process::Child {
+        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+                      print('connected', flush=True)\nif sys.argv[2] == '1': sys.stdin.read()\n";
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                script,
+                path.to_str().unwrap(),
+                if linger { "1" } else { "0" },
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "connected");
+        child
+    }
+
+    #[tokio::test]
+    async fn the_caller_is_the_process_that_connected_and_its_pidfd_comes_with_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let mut child = connecting_child(&path, true);
+        let (stream, _) = listener.accept().await.unwrap();
+
+        let caller = Caller::from_unix_stream(&stream).unwrap();
+        assert_eq!(caller.pid(), child.id() as i32);
+        assert!(caller.pidfd().is_some());
+        caller.ensure_alive().unwrap();
+        match peer_pidfd(&stream) {
+            Ok(_) => {}
+            // Kernels before 6.5 lack SO_PEERPIDFD; the pidfd was then opened by pid.
+            Err(error) => assert!(is_unsupported(&error), "{error}"),
+        }
+
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert!(caller.ensure_alive().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_caller_gone_before_its_connection_is_accepted_is_never_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let mut child = connecting_child(&path, false);
+        // Exited and reaped: its pid is free for another process.
+        child.wait().unwrap();
+
+        let (stream, _) = listener.accept().await.unwrap();
+        let caller = Caller::from_unix_stream(&stream).unwrap();
+        assert!(matches!(
+            caller.ensure_alive(),
+            Err(ProviderError::AttestationFailed(_))
+        ));
     }
 
     #[test]
