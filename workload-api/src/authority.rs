@@ -129,6 +129,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityRewriter<T> {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready[..n]);
                 this.ready.advance(n);
+                if this.ready.is_empty() {
+                    // Connections mostly sit idle on an open stream: keep no buffer meanwhile.
+                    this.ready = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
@@ -159,6 +163,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityRewriter<T> {
                 write_connection_error(&mut this.ready);
                 this.eof = true;
             }
+            this.rewriter.release_idle_input();
         }
     }
 }
@@ -298,6 +303,13 @@ impl Rewriter {
             block: None,
             decoder: hpack::Decoder::new(MAX_DYNAMIC_TABLE_SIZE),
             rewritten: 0,
+        }
+    }
+
+    /// Frees the input buffer once everything in it has been processed.
+    fn release_idle_input(&mut self) {
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            self.input = BytesMut::new();
         }
     }
 
