@@ -78,9 +78,13 @@ pub fn spawn(
         None
     };
     let (tx, rx) = watch::channel(Arc::new(initial.registry()));
+    // Kept to tell which settings a reload changes; the entries live in the registry.
+    let mut settings = initial.clone();
+    settings.entries = None;
+    settings.entry_lines = Vec::new();
     let state = State {
         loader: Arc::new(loader),
-        initial: initial.clone(),
+        initial: settings,
         fingerprint: None,
         tx,
     };

@@ -84,12 +84,12 @@ pub enum RunError {
 ///
 /// See [`RunError`]; the agent stops at the first error it cannot recover from.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     loader: ConfigLoader,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let socket = &config.socket_path;
-    let _lock = lock_socket(socket)?;
+    let socket = config.socket_path.clone();
+    let _lock = lock_socket(&socket)?;
 
     let clock: SharedClock = Arc::new(SystemClock);
     let ca = open_ca(&config, Arc::clone(&clock)).await?;
@@ -116,6 +116,9 @@ pub async fn run(
 
     let reloader = reload::spawn(loader, &config, ReloadOptions::default())?;
     let registry = reloader.registry.clone();
+    // From here on the registry holds the entries; a copy here would only take memory.
+    config.entries = None;
+    config.entry_lines = Vec::new();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = {
@@ -133,14 +136,14 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    let listener = bind_unix(socket)?;
+    let listener = bind_unix(&socket)?;
     // Any local process may connect; attestation decides what it gets.
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o777)).map_err(|source| {
-        RunError::SocketDir {
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).map_err(
+        |source| RunError::SocketDir {
             path: socket.clone(),
             source,
-        }
-    })?;
+        },
+    )?;
     let kubernetes = config
         .kubernetes
         .as_ref()
@@ -169,7 +172,7 @@ pub async fn run(
         .await;
     state.readiness.set_ready(false);
     let _ = stop_tx.send(true);
-    if let Err(error) = std::fs::remove_file(socket) {
+    if let Err(error) = std::fs::remove_file(&socket) {
         tracing::warn!(socket = %socket.display(), %error, "cannot remove the socket file");
     }
     let _ = upkeep.await;

@@ -170,21 +170,22 @@ impl Inner {
             state.attested_for = registry.needs();
             state.matched = None;
         }
-        match state.matched.as_ref() {
-            Some(matched) if Arc::ptr_eq(&matched.registry, &registry) => {
-                self.context_of(&matched.entries)
-            }
-            _ => {
-                let entries: Vec<Cow<'static, Entry>> = registry
-                    .matching(&state.selectors)
-                    .into_iter()
-                    .map(|entry| Cow::Owned(entry.into_owned()))
-                    .collect();
-                let context = self.context_of(&entries);
-                state.matched = Some(Matched { registry, entries });
-                context
-            }
-        }
+        let matched = match state.matched.take() {
+            Some(matched) if Arc::ptr_eq(&matched.registry, &registry) => matched,
+            _ => Matched::of(registry, &state.selectors),
+        };
+        let entries: Vec<Cow<'_, Entry>> = matched
+            .entries
+            .iter()
+            .map(|m| match m {
+                MatchedEntry::Listed(i) => Cow::Borrowed(&matched.registry.entries()[*i]),
+                MatchedEntry::Made(entry) => Cow::Borrowed(entry),
+            })
+            .collect();
+        let context = self.context_of(&entries);
+        drop(entries);
+        state.matched = Some(matched);
+        context
     }
 
     fn context_of(&self, entries: &[Cow<'_, Entry>]) -> Result<X509Context, ProviderError> {
@@ -239,7 +240,34 @@ struct StreamState {
 /// The entries one stream's caller matched in one version of the registry.
 struct Matched {
     registry: Arc<Registry>,
-    entries: Vec<Cow<'static, Entry>>,
+    entries: Vec<MatchedEntry>,
+}
+
+impl Matched {
+    /// The entries of `registry` that match `selectors`.
+    fn of(registry: Arc<Registry>, selectors: &SelectorSet) -> Self {
+        let listed = registry.entries();
+        let entries = registry
+            .matching(selectors)
+            .into_iter()
+            .map(|entry| match entry {
+                Cow::Borrowed(entry) => listed
+                    .iter()
+                    .position(|e| std::ptr::eq(e, entry))
+                    .map_or_else(|| MatchedEntry::Made(entry.clone()), MatchedEntry::Listed),
+                Cow::Owned(entry) => MatchedEntry::Made(entry),
+            })
+            .collect();
+        Self { registry, entries }
+    }
+}
+
+/// One matched entry, without copying the entries the registry holds.
+enum MatchedEntry {
+    /// The registry's explicit entry at this position.
+    Listed(usize),
+    /// An entry a template made for this caller.
+    Made(Entry),
 }
 
 /// Turns a stream of "something changed" signals into a stream of snapshots, sending the first
