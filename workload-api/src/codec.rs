@@ -92,6 +92,11 @@ fn buffer_settings() -> BufferSettings {
     BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD)
 }
 
+/// The decoder of the generated methods, for the handlers that read requests themselves.
+pub(crate) fn decoder<M: Message + Default>() -> ProstDecoder<M> {
+    ProstDecoder::new(buffer_settings())
+}
+
 #[cfg(test)]
 mod tests {
     use std::pin::pin;

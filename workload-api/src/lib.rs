@@ -19,6 +19,7 @@ pub mod proto;
 pub mod provider;
 pub mod server;
 pub mod source;
+mod streaming;
 
 pub use client::{ClientError, WorkloadApiClient};
 pub use endpoint::{Endpoint, EndpointError};

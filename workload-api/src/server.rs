@@ -46,6 +46,7 @@ use crate::{
         Caller, JwtBundles, JwtSvid, Provider, ProviderError, ProviderStream, ValidatedJwt,
         X509Bundles, X509Context,
     },
+    streaming::StreamingLayer,
 };
 
 /// Longest hint the server forwards (SPIFFE Workload API standard).
@@ -135,10 +136,10 @@ impl<P: Provider> WorkloadApiServer<P> {
         F: Future<Output = ()> + Send,
     {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let service = WorkloadApiService {
+        let service = Arc::new(WorkloadApiService {
             provider: self.provider,
             stop: stop_rx.clone(),
-        };
+        });
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -160,7 +161,8 @@ impl<P: Provider> WorkloadApiServer<P> {
 
         let serve = tonic::transport::Server::builder()
             .layer(SecurityHeaderLayer)
-            .add_service(SpiffeWorkloadApiServer::new(service))
+            .layer(StreamingLayer::new(Arc::clone(&service)))
+            .add_service(SpiffeWorkloadApiServer::from_arc(service))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, signal);
@@ -357,13 +359,15 @@ impl AsyncWrite for PeerStream {
 
 // === impl WorkloadApiService ===
 
-/// The generated `SpiffeWorkloadApi` trait implemented over a [`Provider`].
-struct WorkloadApiService<P> {
+/// The generated `SpiffeWorkloadApi` trait implemented over a [`Provider`]. The streaming
+/// methods are answered by [`StreamingLayer`] in front of it, which opens their streams with
+/// the same `open_*` functions.
+pub(crate) struct WorkloadApiService<P> {
     provider: Arc<P>,
     stop: watch::Receiver<bool>,
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<P: Provider> SpiffeWorkloadApi for WorkloadApiService<P> {
@@ -375,25 +379,23 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApiService<P> {
         &self,
         request: Request<proto::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let caller = caller_of(&request, "FetchX509SVID")?;
-        let stream = self.provider.watch_x509_context(&caller).await?;
-        Ok(Response::new(self.forward(stream, x509_svid_response)))
+        let caller = caller_of(request.extensions(), "FetchX509SVID")?;
+        Ok(Response::new(self.open_x509_svid(&caller).await?))
     }
 
     async fn fetch_x509_bundles(
         &self,
         request: Request<proto::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let caller = caller_of(&request, "FetchX509Bundles")?;
-        let stream = self.provider.watch_x509_bundles(&caller).await?;
-        Ok(Response::new(self.forward(stream, x509_bundles_response)))
+        let caller = caller_of(request.extensions(), "FetchX509Bundles")?;
+        Ok(Response::new(self.open_x509_bundles(&caller).await?))
     }
 
     async fn fetch_jwtsvid(
         &self,
         request: Request<proto::JwtsvidRequest>,
     ) -> Result<Response<proto::JwtsvidResponse>, Status> {
-        let caller = caller_of(&request, "FetchJWTSVID")?;
+        let caller = caller_of(request.extensions(), "FetchJWTSVID")?;
         let proto::JwtsvidRequest {
             audience,
             spiffe_id,
@@ -417,16 +419,15 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApiService<P> {
         &self,
         request: Request<proto::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let caller = caller_of(&request, "FetchJWTBundles")?;
-        let stream = self.provider.watch_jwt_bundles(&caller).await?;
-        Ok(Response::new(self.forward(stream, jwt_bundles_response)))
+        let caller = caller_of(request.extensions(), "FetchJWTBundles")?;
+        Ok(Response::new(self.open_jwt_bundles(&caller).await?))
     }
 
     async fn validate_jwtsvid(
         &self,
         request: Request<proto::ValidateJwtsvidRequest>,
     ) -> Result<Response<proto::ValidateJwtsvidResponse>, Status> {
-        let caller = caller_of(&request, "ValidateJWTSVID")?;
+        let caller = caller_of(request.extensions(), "ValidateJWTSVID")?;
         let proto::ValidateJwtsvidRequest { audience, svid } = request.into_inner();
         if audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -440,6 +441,35 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApiService<P> {
             .validate_jwt_svid(&caller, &audience, &svid)
             .await?;
         Ok(Response::new(validate_response(validated)?))
+    }
+}
+
+impl<P: Provider> WorkloadApiService<P> {
+    /// The `FetchX509SVID` stream of `caller`.
+    pub(crate) async fn open_x509_svid(
+        &self,
+        caller: &Caller,
+    ) -> Result<ResponseStream<proto::X509svidResponse>, Status> {
+        let stream = self.provider.watch_x509_context(caller).await?;
+        Ok(self.forward(stream, x509_svid_response))
+    }
+
+    /// The `FetchX509Bundles` stream of `caller`.
+    pub(crate) async fn open_x509_bundles(
+        &self,
+        caller: &Caller,
+    ) -> Result<ResponseStream<proto::X509BundlesResponse>, Status> {
+        let stream = self.provider.watch_x509_bundles(caller).await?;
+        Ok(self.forward(stream, x509_bundles_response))
+    }
+
+    /// The `FetchJWTBundles` stream of `caller`.
+    pub(crate) async fn open_jwt_bundles(
+        &self,
+        caller: &Caller,
+    ) -> Result<ResponseStream<proto::JwtBundlesResponse>, Status> {
+        let stream = self.provider.watch_jwt_bundles(caller).await?;
+        Ok(self.forward(stream, jwt_bundles_response))
     }
 }
 
@@ -475,14 +505,13 @@ impl<P> WorkloadApiService<P> {
 }
 
 /// The caller the accept loop attached to the connection.
-fn caller_of<T>(request: &Request<T>, method: &'static str) -> Result<Caller, Status> {
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| {
-            Status::unavailable("caller credentials are not available on this connection")
-        })?;
+pub(crate) fn caller_of(
+    extensions: &http::Extensions,
+    method: &'static str,
+) -> Result<Caller, Status> {
+    let caller = extensions.get::<Caller>().cloned().ok_or_else(|| {
+        Status::unavailable("caller credentials are not available on this connection")
+    })?;
     tracing::debug!(
         method,
         pid = caller.pid(),
