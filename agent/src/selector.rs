@@ -82,6 +82,11 @@ impl SelectorSet {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Gives back the spare capacity of a set that is complete and will be kept.
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
 }
 
 impl fmt::Debug for SelectorSet {

@@ -120,6 +120,8 @@ impl Inner {
         // What was read under /proc/<pid> belongs to the caller only if the caller still
         // exists now: a pid is not reused while its process lives.
         caller.ensure_alive()?;
+        // An open stream keeps the set for its whole life.
+        selectors.shrink_to_fit();
         Ok(selectors)
     }
 
@@ -247,7 +249,7 @@ impl Matched {
     /// The entries of `registry` that match `selectors`.
     fn of(registry: Arc<Registry>, selectors: &SelectorSet) -> Self {
         let listed = registry.entries();
-        let entries = registry
+        let mut entries: Vec<MatchedEntry> = registry
             .matching(selectors)
             .into_iter()
             .map(|entry| match entry {
@@ -258,6 +260,9 @@ impl Matched {
                 Cow::Owned(entry) => MatchedEntry::Made(entry),
             })
             .collect();
+        // The collect above reuses the allocation of the larger `Cow<Entry>` items; this value
+        // lives as long as the caller's stream, so give the spare bytes back.
+        entries.shrink_to_fit();
         Self { registry, entries }
     }
 }
