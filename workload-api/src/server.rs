@@ -28,6 +28,10 @@ use std::{
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{UnixListener, UnixStream},
@@ -76,9 +80,6 @@ pub enum ServeError {
     /// The reflection service could not be built from the embedded descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
-    /// The transport failed.
-    #[error("workload api server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// A configurable Workload API server.
@@ -129,8 +130,7 @@ impl<P: Provider> WorkloadApiServer<P> {
     ///
     /// # Errors
     ///
-    /// [`ServeError::Transport`] when the transport fails, [`ServeError::Reflection`] when the
-    /// reflection service cannot be built.
+    /// [`ServeError::Reflection`] when the reflection service cannot be built.
     pub async fn serve<F>(self, listener: UnixListener, shutdown: F) -> Result<(), ServeError>
     where
         F: Future<Output = ()> + Send,
@@ -149,33 +149,42 @@ impl<P: Provider> WorkloadApiServer<P> {
             .build_v1alpha()
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-        let limits = self.limits;
-        let incoming = accept_stream(listener, limits);
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("workload api shutting down");
-            // Streams see this first and end with Unavailable, which lets the graceful
-            // shutdown below complete.
-            let _ = stop_tx.send(true);
-        };
-
-        let serve = tonic::transport::Server::builder()
+        let routes =
+            tonic::service::Routes::new(SpiffeWorkloadApiServer::from_arc(Arc::clone(&service)))
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha);
+        let stack = tower::ServiceBuilder::new()
             .layer(SecurityHeaderLayer)
-            .layer(StreamingLayer::new(Arc::clone(&service)))
-            .add_service(SpiffeWorkloadApiServer::from_arc(service))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, signal);
+            .layer(StreamingLayer::new(service))
+            .service(routes);
+
+        // Every connection task holds a receiver of `open`; once the accept loop has stopped,
+        // `open_tx.closed()` completes when the last connection has ended.
+        let (open_tx, open_rx) = watch::channel(());
+        let limits = self.limits;
+        {
+            let mut shutdown = std::pin::pin!(shutdown);
+            loop {
+                let io = tokio::select! {
+                    () = &mut shutdown => break,
+                    io = accept(&listener, limits) => io,
+                };
+                serve_connection(io, stack.clone(), stop_rx.clone(), open_rx.clone());
+            }
+        }
+        // New connections are refused from here on.
+        drop(listener);
+        drop(open_rx);
+        drop(stack);
+        tracing::info!("workload api shutting down");
+        // Streams see this first and end with Unavailable, which lets every connection close
+        // gracefully.
+        let _ = stop_tx.send(true);
 
         let grace = self.shutdown_grace;
-        let mut stopped = stop_rx;
-        let deadline = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-            tokio::time::sleep(grace).await;
-        };
         tokio::select! {
-            result = serve => result.map_err(ServeError::from),
-            () = deadline => {
+            () = open_tx.closed() => Ok(()),
+            () = tokio::time::sleep(grace) => {
                 tracing::warn!(grace_ms = grace.as_millis(), "connections still open after shutdown grace; leaving them");
                 Ok(())
             }
@@ -250,37 +259,87 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     })
 }
 
-/// Accepted connections with their credentials, wrapped in the `:authority` adapter.
+/// The next accepted connection with its credentials, wrapped in the `:authority` adapter.
 ///
 /// Accept errors (a full file table, say) are logged and retried after a short pause rather
 /// than spinning.
-fn accept_stream(
-    listener: UnixListener,
-    limits: Limits,
-) -> impl Stream<Item = io::Result<AuthorityRewriter<PeerStream>>> + Send {
-    futures::stream::unfold(listener, move |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => match PeerStream::new(stream) {
-                    Ok(peer) => {
-                        tracing::debug!(
-                            pid = peer.caller.pid(),
-                            uid = peer.caller.uid(),
-                            "workload api connection accepted"
-                        );
-                        return Some((Ok(AuthorityRewriter::with_limits(peer, limits)), listener));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot read peer credentials; dropping connection");
-                    }
-                },
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+async fn accept(listener: &UnixListener, limits: Limits) -> AuthorityRewriter<PeerStream> {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => match PeerStream::new(stream) {
+                Ok(peer) => {
+                    tracing::debug!(
+                        pid = peer.caller.pid(),
+                        uid = peer.caller.uid(),
+                        "workload api connection accepted"
+                    );
+                    return AuthorityRewriter::with_limits(peer, limits);
                 }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read peer credentials; dropping connection");
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    })
+    }
+}
+
+/// Serves HTTP/2 on one accepted connection in a task of its own.
+///
+/// hyper's HTTP/2 connection is driven directly rather than through tonic's server, whose
+/// per-connection task also carries HTTP/1 version detection and connection-age timers the
+/// Workload API does not use; with a thousand idle streams on a node, each connection's task
+/// is resident memory for as long as the workload runs. The caller read at accept time is
+/// attached to every request, as tonic does with [`Connected::connect_info`].
+fn serve_connection<S>(
+    io: AuthorityRewriter<PeerStream>,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    open: watch::Receiver<()>,
+) where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use tower::ServiceExt as _;
+
+    let caller = io.connect_info();
+    let service = service.map_request(move |request: http::Request<hyper::body::Incoming>| {
+        let mut request = request.map(tonic::body::Body::new);
+        request.extensions_mut().insert(caller.clone());
+        request
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        // gRPC has no use for a `date` header; hyper's changes every second, and each new
+        // value would take a slot in the connection's HPACK table.
+        .auto_date_header(false);
+    // Made here and used in place through `&mut` below: moved into a local of the task, it
+    // would be stored twice in the task's memory.
+    let mut connection =
+        builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::spawn(async move {
+        let result = tokio::select! {
+            result = &mut connection => result,
+            () = async { drop(stop.wait_for(|stop| *stop).await) } => {
+                Pin::new(&mut connection).graceful_shutdown();
+                (&mut connection).await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "workload api connection ended with an error");
+        }
+        drop(open);
+    });
 }
 
 /// An accepted Unix stream and the [`Caller`] read from it at accept time.
