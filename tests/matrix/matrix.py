@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -699,10 +700,40 @@ def no_cert_probe(port: int) -> tuple[str, str]:
     return "refused", f"answered {data[:60]!r}"
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    """First port of the kernel's range for outgoing connections and bind(0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on, below the kernel's ephemeral range.
+
+    A port from bind(0) is free only until the socket closes: the kernel may hand it out
+    again, to a later bind(0) or as the local port of any outgoing connection, before the
+    app under test binds it ("Address already in use"). Ports below the ephemeral range are
+    never chosen by the kernel, and each is handed out once per run.
+    """
+    high = min(_ephemeral_start(), 32768)
+    if high <= 21000:
+        raise RuntimeError(f"the ephemeral port range starts at {high}; no room below it")
+    for _ in range(1000):
+        port = random.randrange(20000, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in 20000-{high}")
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
