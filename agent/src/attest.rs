@@ -580,6 +580,25 @@ mod tests {
         hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
     }
 
+    /// Runs `program` with `arg` just after the test wrote it. Another test thread that forks
+    /// while the copy's write descriptor is open holds that descriptor until its child execs, and
+    /// the kernel refuses to execute a file open for writing ("Text file busy"); that passes
+    /// within milliseconds.
+    fn spawn_fresh_executable(program: &Path, arg: &str) -> Child {
+        let mut tries = 0;
+        loop {
+            match Command::new(program).arg(arg).spawn() {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result.unwrap(),
+            }
+        }
+    }
+
     /// Kills the child when the test ends, pass or fail.
     struct Reaped(Child);
 
@@ -741,7 +760,7 @@ mod tests {
         let copy = dir.path().join("sleeper");
         let original = which("sleep").unwrap();
         std::fs::copy(&original, &copy).unwrap();
-        let child = Reaped(Command::new(&copy).arg("30").spawn().unwrap());
+        let child = Reaped(spawn_fresh_executable(&copy, "30"));
         let pid = child.0.id();
         let attestor = Attestor::new(u64::MAX);
         let copy = copy.canonicalize().unwrap();
