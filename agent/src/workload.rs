@@ -120,8 +120,6 @@ impl Inner {
         // What was read under /proc/<pid> belongs to the caller only if the caller still
         // exists now: a pid is not reused while its process lives.
         caller.ensure_alive()?;
-        // An open stream keeps the set for its whole life.
-        selectors.shrink_to_fit();
         Ok(selectors)
     }
 
@@ -168,9 +166,8 @@ impl Inner {
         let registry = Arc::clone(&self.registry.borrow());
         let mut state = state.lock().await;
         if !state.attested_for.covers(registry.needs()) {
-            state.selectors = self.attest_for(caller, registry.needs()).await?;
-            state.attested_for = registry.needs();
-            state.matched = None;
+            let selectors = self.attest_for(caller, registry.needs()).await?;
+            state.keep(selectors, registry.needs());
         }
         let matched = match state.matched.take() {
             Some(matched) if Arc::ptr_eq(&matched.registry, &registry) => matched,
@@ -237,6 +234,27 @@ struct StreamState {
     attested_for: Needs,
     /// The entries the selectors matched in the registry last seen.
     matched: Option<Matched>,
+}
+
+impl StreamState {
+    fn new(selectors: SelectorSet, attested_for: Needs) -> Self {
+        let mut state = Self {
+            selectors: SelectorSet::new(),
+            attested_for,
+            matched: None,
+        };
+        state.keep(selectors, attested_for);
+        state
+    }
+
+    /// Keeps `selectors`, made with the parts in `needs`, for as long as the stream is open,
+    /// and forgets the entries the previous ones matched.
+    fn keep(&mut self, mut selectors: SelectorSet, needs: Needs) {
+        selectors.shrink_to_fit();
+        self.selectors = selectors;
+        self.attested_for = needs;
+        self.matched = None;
+    }
 }
 
 /// The entries one stream's caller matched in one version of the registry.
@@ -367,11 +385,10 @@ impl Provider for AgentProvider {
         );
         let provider = Arc::clone(inner);
         let caller = caller.clone();
-        let state = Arc::new(tokio::sync::Mutex::new(StreamState {
+        let state = Arc::new(tokio::sync::Mutex::new(StreamState::new(
             selectors,
             attested_for,
-            matched: None,
-        }));
+        )));
         Ok(snapshots(
             first,
             inner.cache.subscribe(),
