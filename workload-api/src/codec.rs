@@ -6,7 +6,9 @@
 //! message of one to a few KiB when an identity changes and then waits, often for hours; with
 //! a thousand open streams the stock buffers alone hold about 8 MiB. This codec starts each
 //! call with a small buffer and reserves exactly the encoded length of a message before
-//! writing it, so an idle stream keeps at most one message's worth of buffer.
+//! writing it, so an idle stream keeps at most one message's worth of buffer. The three
+//! streaming methods of the server go further and do not use this encoder at all:
+//! `streaming.rs` gives each of their messages a buffer of its own, freed once written.
 //!
 //! Decoding is tonic's prost decoder with the same small initial buffer: tonic reserves a
 //! message's announced length before reading it, so large messages are read without repeated
@@ -61,7 +63,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(buffer_settings())
+        decoder()
     }
 }
 
@@ -92,7 +94,8 @@ fn buffer_settings() -> BufferSettings {
     BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD)
 }
 
-/// The decoder of the generated methods, for the handlers that read requests themselves.
+/// The decoder of every method: tonic's prost decoder with the small initial buffer. Also used
+/// by the streaming handlers (`streaming.rs`), which read their requests themselves.
 pub(crate) fn decoder<M: Message + Default>() -> ProstDecoder<M> {
     ProstDecoder::new(buffer_settings())
 }
